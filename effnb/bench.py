@@ -1,0 +1,199 @@
+"""Timing done the same way everywhere in the book.
+
+Rules (the methodology page explains them): the first call is timed apart as
+compile/JIT time; then warm-up calls; then ``repeats`` samples, each long
+enough to dwarf the timer's resolution; we report the median and the
+interquartile range and warn when the spread is large. In cold mode every call
+reads a different copy of its inputs, rotating through a working set of at
+least 4x the last-level cache, as a real decode pass or a long stream does.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+from . import provenance
+
+COLD_FACTOR = 4          # cold working set >= COLD_FACTOR x last-level cache
+SPREAD_WARN = 0.10       # warn when IQR / median exceeds this
+MIN_SAMPLE_S = 2e-3      # each sample lasts at least this long
+
+
+class SpreadWarning(UserWarning):
+    """The timings of one measurement disagree by more than SPREAD_WARN."""
+
+
+@dataclass
+class Timing:
+    """Seconds per call for one kernel at one size."""
+    times: np.ndarray
+    compile_s: float
+    calls_per_sample: int
+    working_set_bytes: int = 0
+    label: str = ""
+    notes: list = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.times))
+
+    @property
+    def q25(self) -> float:
+        return float(np.quantile(self.times, 0.25))
+
+    @property
+    def q75(self) -> float:
+        return float(np.quantile(self.times, 0.75))
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range relative to the median."""
+        return (self.q75 - self.q25) / self.median if self.median > 0 else math.inf
+
+    def __repr__(self) -> str:
+        return (f"Timing({self.label or 'fn'}: median {self.median * 1e6:.1f} us, "
+                f"IQR {100 * self.spread:.1f}%, n={len(self.times)}, compile {self.compile_s * 1e3:.1f} ms)")
+
+
+def cold_copies(bytes_per_instance: int, llc: int | None = None, factor: int = COLD_FACTOR) -> int:
+    """How many distinct input copies make a working set of ``factor`` x the last-level cache."""
+    if bytes_per_instance <= 0:
+        raise ValueError("bytes_per_instance must be positive to size a cold working set")
+    llc = provenance.llc_bytes() if llc is None else llc
+    return max(2, math.ceil(factor * llc / bytes_per_instance))
+
+
+def measure(fn: Callable[[], Any] | list[Callable[[], Any]], *, warmup: int = 3, repeats: int = 15,
+            min_sample_s: float = MIN_SAMPLE_S, label: str = "", working_set_bytes: int = 0) -> Timing:
+    """Time ``fn()``; pass a list of callables to rotate through them (cold caches).
+
+    The first call is timed on its own and reported as ``compile_s`` (JIT,
+    lazy initialisation, first touch of memory); it never enters the median.
+    """
+    if warmup < 0 or repeats < 3:
+        raise ValueError(f"need warmup >= 0 and repeats >= 3 (got warmup={warmup}, repeats={repeats})")
+    fns = fn if isinstance(fn, (list, tuple)) else [fn]
+    if not fns:
+        raise ValueError("measure() needs at least one callable")
+    t0 = time.perf_counter()
+    for f in fns:  # first touch of every copy; the first call also compiles
+        f()
+        if f is fns[0]:
+            compile_s = time.perf_counter() - t0
+    k = 0
+    for _ in range(warmup):
+        fns[k % len(fns)]()
+        k += 1
+    # Calibrate: enough calls per sample that one sample lasts >= min_sample_s.
+    t0 = time.perf_counter()
+    fns[k % len(fns)]()
+    k += 1
+    one = max(time.perf_counter() - t0, 1e-9)
+    calls = max(1, math.ceil(min_sample_s / one))
+    times = np.empty(repeats)
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fns[k % len(fns)]()
+            k += 1
+        times[r] = (time.perf_counter() - t0) / calls
+    timing = Timing(times, compile_s, calls, working_set_bytes, label)
+    if timing.spread > SPREAD_WARN:
+        msg = f"{label or 'timing'}: IQR is {100 * timing.spread:.0f}% of the median; the machine may be busy"
+        timing.notes.append(msg)
+        warnings.warn(msg, SpreadWarning, stacklevel=2)
+    return timing
+
+
+def bench(providers: Mapping[str, Callable[[Any], Callable[[], Any]]], sizes: Iterable, *,
+          bytes_moved: Callable[[Any], float] | None = None, flops: Callable[[Any], float] | None = None,
+          cold: bool = False, working_set: Callable[[Any], int] | None = None,
+          warmup: int = 3, repeats: int = 15, progress: bool = True, desc: str = "bench"):
+    """Measure every provider at every size in one run; return a tidy DataFrame.
+
+    ``providers`` maps a name to a factory: ``factory(size)`` builds fresh
+    inputs and returns a no-argument callable. In cold mode the factory is
+    called as often as needed for a working set of 4x the last-level cache
+    (``working_set(size)`` gives one instance's bytes, default ``bytes_moved``).
+    With ``bytes_moved`` / ``flops`` the frame gets GB/s / GFLOP/s columns, with
+    the interquartile band as ``*_lo`` / ``*_hi``.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    sizes = list(sizes)
+    rows = []
+    jobs = [(name, size) for size in sizes for name in providers]
+    for name, size in tqdm(jobs, desc=desc, disable=not progress, leave=False):
+        factory = providers[name]
+        if cold:
+            per = (working_set or bytes_moved)
+            if per is None:
+                raise ValueError("cold=True needs working_set= or bytes_moved= to size the working set")
+            n = cold_copies(int(per(size)))
+            fns = [factory(size) for _ in range(n)]
+            ws = n * int(per(size))
+        else:
+            fns = factory(size)
+            ws = int(working_set(size)) if working_set else 0
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SpreadWarning)
+            t = measure(fns, warmup=warmup, repeats=repeats, label=f"{name} @ {size}", working_set_bytes=ws)
+        del fns
+        row = {"provider": name, "size": size, "median_s": t.median, "q25_s": t.q25, "q75_s": t.q75,
+               "spread": t.spread, "compile_s": t.compile_s, "cold": cold, "working_set_bytes": ws,
+               "spread_warning": bool(caught)}
+        for col, count, scale in (("gbps", bytes_moved, 1e9), ("gflops", flops, 1e9)):
+            if count is not None:
+                c = float(count(size)) / scale
+                row[col], row[col + "_lo"], row[col + "_hi"] = c / t.median, c / t.q75, c / t.q25
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ratio(df, numerator: str, denominator: str, *, column: str = "median_s"):
+    """Per size, ``denominator``'s time over ``numerator``'s: the speed-up of numerator.
+
+    Both providers come from the same ``bench`` call, so they shared the
+    machine's state: a ratio is more trustworthy than either time alone.
+    """
+    wide = df.pivot_table(index="size", columns="provider", values=column, sort=False)
+    for p in (numerator, denominator):
+        if p not in wide:
+            raise KeyError(f"provider {p!r} not in this benchmark; have {sorted(wide.columns)}")
+    return wide[denominator] / wide[numerator]
+
+
+def perf_plot(df, *, y: str = "gbps", x: str = "size", ylabel: str = "GB/s", xlabel: str = "size",
+              title: str = "", roof: float | None = None, roof_label: str = "", logx: bool = True,
+              logy: bool = False, ax=None):
+    """One line per provider, metric in physical units vs size, interquartile band shaded.
+
+    The machine's hardware id is always in the title: a number without its
+    machine means nothing.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    for name, g in df.groupby("provider", sort=False):
+        line, = ax.plot(g[x], g[y], marker="o", label=name)
+        if y + "_lo" in g and y + "_hi" in g:
+            ax.fill_between(g[x], g[y + "_lo"], g[y + "_hi"], color=line.get_color(), alpha=0.2)
+    if roof is not None:
+        ax.axhline(roof, color="k", linestyle="--", linewidth=1, label=roof_label or "machine limit")
+    if logx:
+        ax.set_xscale("log", base=2)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title} [{provenance.hardware_id()}]".strip())
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return ax
