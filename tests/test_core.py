@@ -1,0 +1,200 @@
+"""Unit tests of the measurement core: bench, threads, provenance, claims, chapter."""
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from effnb import bench, chapter, claims, provenance, threads
+
+
+# --- bench -----------------------------------------------------------------
+
+def test_measure_reports_median_iqr_and_compile_apart():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        if len(calls) == 1:  # a slow first call stands for JIT compilation
+            import time
+            time.sleep(0.05)
+
+    t = bench.measure(fn, warmup=2, repeats=5, min_sample_s=1e-4)
+    assert t.compile_s >= 0.05
+    assert t.median < 0.01, "the compile call must not enter the samples"
+    assert len(t.times) == 5 and t.q25 <= t.median <= t.q75
+
+
+def test_measure_rotates_through_cold_copies():
+    seen = []
+    fns = [lambda i=i: seen.append(i) for i in range(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bench.SpreadWarning)
+        bench.measure(fns, warmup=0, repeats=3, min_sample_s=0)
+    assert set(seen) == {0, 1, 2}
+    assert seen[:3] == [0, 1, 2]
+
+
+def test_measure_warns_on_large_spread(monkeypatch):
+    values = iter([0.0, 1, 1, 5, 5, 6, 20, 20, 50, 50, 80, 90, 200, 300, 400, 500] * 10)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(values)))
+    with pytest.warns(bench.SpreadWarning):
+        t = bench.measure(lambda: None, warmup=0, repeats=3, min_sample_s=0)
+    assert t.notes
+
+
+@pytest.mark.parametrize("bad", [dict(repeats=2), dict(warmup=-1)])
+def test_measure_rejects_bad_settings(bad):
+    with pytest.raises(ValueError, match="need warmup"):
+        bench.measure(lambda: None, **bad)
+
+
+def test_cold_copies_overflow_the_llc():
+    n = bench.cold_copies(8 << 20, llc=32 << 20)
+    assert n * (8 << 20) >= 4 * (32 << 20)
+    assert bench.cold_copies(1 << 40, llc=32 << 20) == 2
+    with pytest.raises(ValueError):
+        bench.cold_copies(0)
+
+
+def test_bench_tidy_frame_units_and_ratio():
+    def make(n):
+        a = np.ones(n, np.float32)
+        return lambda: a.sum()
+
+    df = bench.bench({"sum": make, "sum2": make}, [1024, 4096], bytes_moved=lambda n: 4 * n,
+                     flops=lambda n: n, repeats=3, warmup=1, progress=False)
+    assert list(df.provider.unique()) == ["sum", "sum2"] and len(df) == 4
+    assert (df.gbps > 0).all() and (df.gbps_lo <= df.gbps).all() and (df.gbps <= df.gbps_hi).all()
+    r = bench.ratio(df, "sum", "sum2")
+    assert list(r.index) == [1024, 4096] and (r > 0).all()
+    with pytest.raises(KeyError, match="not in this benchmark"):
+        bench.ratio(df, "sum", "nope")
+
+
+def test_bench_cold_mode_builds_a_large_working_set():
+    built = []
+
+    def make(n):
+        a = np.ones(n, np.float32)
+        built.append(a)
+        return lambda: a.sum()
+
+    df = bench.bench({"sum": make}, [1 << 20], bytes_moved=lambda n: 4 * n, cold=True, repeats=3,
+                     warmup=0, progress=False)
+    assert df.working_set_bytes[0] >= 4 * provenance.llc_bytes()
+    assert len(built) == bench.cold_copies(4 << 20)
+    with pytest.raises(ValueError, match="cold=True needs"):
+        bench.bench({"sum": make}, [8], cold=True, progress=False)
+
+
+def test_perf_plot_names_the_machine():
+    import matplotlib
+    matplotlib.use("Agg")
+    df = bench.bench({"a": lambda n: (lambda: None)}, [1, 2], bytes_moved=lambda n: n, repeats=3,
+                     warmup=0, progress=False)
+    ax = bench.perf_plot(df, title="t")
+    assert provenance.hardware_id() in ax.get_title()
+
+
+# --- threads ---------------------------------------------------------------
+
+def test_threads_validation_names_the_range():
+    cores = threads.available_cores()
+    for bad in (0, -1, cores + 1, 1.5, "2", True):
+        with pytest.raises(ValueError, match=f"1..{cores}|1 to {cores}"):
+            threads.validate_threads(bad)
+
+
+def test_set_threads_sets_every_runtime():
+    import torch
+    n = threads.set_threads(1)
+    state = threads.current_threads()
+    assert n == 1 and torch.get_num_threads() == 1 and state["env"]["OMP_NUM_THREADS"] == "1"
+    threads.set_threads(None)
+    assert torch.get_num_threads() == threads.available_cores()
+
+
+# --- provenance ------------------------------------------------------------
+
+def test_hardware_id_is_stable_and_readable():
+    hid = provenance.hardware_id()
+    assert hid == provenance.hardware_id()
+    assert hid == hid.lower() and " " not in hid and f"{threads.available_cores()}c" in hid
+
+
+def test_fingerprint_and_collect_are_json():
+    rec = provenance.collect({"a": 1}, {"seed": 3})
+    text = json.dumps(rec)
+    assert "hardware_id" in text and rec["parameters"] == {"a": 1} and rec["seeds"] == {"seed": 3}
+    fp = rec["fingerprint"]
+    assert fp["cores"] >= 1 and fp["isa_level"] in ("avx512vnni", "avx512", "avx2", "neon", "generic")
+    assert set(rec["versions"]) >= {"python", "torch", "numpy"}
+    assert set(rec["git"]) == {"commit", "dirty"}
+
+
+@pytest.mark.parametrize("text,val", [("32K", 32768), ("1024 KiB", 1 << 20), ("32M", 32 << 20), ("x", 0)])
+def test_cache_size_parsing(text, val):
+    assert provenance._size_to_bytes(text) == val
+
+
+# --- claims ----------------------------------------------------------------
+
+def _check(ledger, key="k", measured=0.1, target=("<=", 0.25)):
+    return ledger.check(key, paper="P", statement="s", quoted="small", measured=measured, target=target,
+                        unit="x")
+
+
+def test_claim_verdicts_follow_the_target():
+    led = claims.Ledger("01")
+    assert _check(led, "a", 0.1).verdict == claims.REPRODUCED
+    assert _check(led, "b", 0.5).verdict == claims.NOT_REPRODUCED
+    assert _check(led, "c", 3.0, (">=", 3.0)).verdict == claims.REPRODUCED
+    nt = led.not_testable("d", paper="P", statement="s", quoted="1000 GPUs", reason="no GPU here")
+    assert nt.verdict == claims.NOT_TESTABLE
+    assert len(led.to_frame()) == 4 and "reproduced" in led._repr_html_()
+
+
+@pytest.mark.parametrize("measured", [None, float("nan"), "0.1", True])
+def test_claim_without_a_measurement_is_an_error(measured):
+    with pytest.raises(claims.ClaimError, match="no measured figure"):
+        _check(claims.Ledger(), measured=measured)
+
+
+def test_claim_errors():
+    led = claims.Ledger()
+    _check(led)
+    with pytest.raises(claims.ClaimError, match="stated twice"):
+        _check(led)
+    with pytest.raises(claims.ClaimError, match="operator"):
+        _check(led, "z", target=("==", 1))
+    with pytest.raises(claims.ClaimError, match="without a reason"):
+        led.not_testable("y", paper="P", statement="s", quoted="q", reason=" ")
+
+
+# --- chapter ---------------------------------------------------------------
+
+def test_chapter_records_and_writes_sidecar(tmp_path, monkeypatch):
+    side = tmp_path / "run.json"
+    monkeypatch.setenv(chapter.SIDECAR_ENV, str(side))
+    ch = chapter.start("99", threads=1, seed=7, size=3)
+    ch.record("x", np.float32(1.5))
+    _check(ch.claims)
+    data = ch.finish()
+    on_disk = json.loads(side.read_text())
+    assert on_disk["results"]["x"] == 1.5 and on_disk["parameters"]["size"] == 3
+    assert on_disk["claims"][0]["verdict"] == claims.REPRODUCED
+    assert on_disk["provenance"]["seeds"] == {"seed": 7} and data["status"] == "ok"
+    assert not math.isnan(on_disk["elapsed_s"])
+
+
+def test_chapter_rejects_bad_device_and_threads():
+    with pytest.raises(ValueError, match="device"):
+        chapter.start("99", threads=1, device="tpu")
+    with pytest.raises(ValueError, match="threads"):
+        chapter.start("99", threads=0)
+    import torch
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA GPU"):
+            chapter.start("99", threads=1, device="cuda")
