@@ -1,0 +1,350 @@
+"""This machine's limits, measured: memory bandwidth (STREAM probes) and fp32 peak (a big GEMM).
+
+A kernel's speed only means something next to what the machine could do. The
+roofline model (Williams, Waterman and Patterson 2009) says a kernel doing
+``I`` flops per byte moved can reach at most ``min(peak, I * bandwidth)``;
+:func:`machine` measures both numbers once per machine and thread count and
+caches them, :func:`bound` says which one binds a measured kernel and how
+close it came, :func:`plot` draws the picture.
+
+Bandwidth is measured, never taken from a spec sheet: several implementations
+of the same STREAM kernels (Numba, our C++ ops, numpy, torch) run in one
+sitting on arrays far larger than the last-level cache, and the best of them is
+the machine's limit. If our own kernels came far below numpy's memcpy, the
+number would describe our code, not the machine; the chapter checks that.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import bench, ext, provenance, stream
+from . import threads as _threads
+
+MIB = 1 << 20
+DEFAULT_MIB = 256          # per array: 8x a 32 MiB L3
+DEFAULT_GEMM_N = 2048      # 17 GFLOP per call: long enough, cache-resident enough to hit the FMA peak
+_SCALE = 3.0              # the triad's scalar
+
+
+def min_mib() -> int:
+    """Smallest array size (MiB) for the probes: one array alone is >= 4x the last-level cache."""
+    return math.ceil(bench.COLD_FACTOR * provenance.llc_bytes() / MIB)
+
+
+def _check_threads(threads):
+    return _threads.validate_threads(_threads.available_cores() if threads is None else threads)
+
+
+class _threads_set:
+    """Use ``n`` threads everywhere inside the block, then put torch and Numba back as they were."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        import numba
+        import torch
+        self.saved = (torch.get_num_threads(), numba.get_num_threads())
+        _threads.set_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        import numba
+        import torch
+        torch.set_num_threads(self.saved[0])
+        numba.set_num_threads(self.saved[1])
+        return False
+
+
+# ---------------------------------------------------------------- probes
+
+def _providers(a: np.ndarray, b: np.ndarray, c: np.ndarray, use_cpp: bool) -> dict:
+    """kernel -> {provider name: factory}; all share the same three arrays (no extra memory)."""
+    import torch
+    ta, tb, tc = (torch.from_numpy(x) for x in (a, b, c))
+    s = _SCALE
+    groups = {
+        "read": {"numba read": lambda n: (lambda: stream.read(a)),
+                 "numpy sum": lambda n: (lambda: a.sum()),
+                 "torch sum": lambda n: (lambda: ta.sum())},
+        "copy": {"numba copy": lambda n: (lambda: stream.copy(a, b)),
+                 "numpy copy": lambda n: (lambda: np.copyto(b, a)),
+                 "torch copy": lambda n: (lambda: tb.copy_(ta))},
+        "triad": {"numba triad": lambda n: (lambda: stream.triad(a, b, c, s)),
+                  "torch triad": lambda n: (lambda: torch.add(tb, tc, alpha=s, out=ta))},
+    }
+    if use_cpp:
+        ops = torch.ops.effnb
+        groups["read"]["cpp read"] = lambda n: (lambda: ops.stream_read(ta))
+        groups["copy"]["cpp copy"] = lambda n: (lambda: ops.stream_copy(ta, tb))
+        groups["triad"]["cpp triad"] = lambda n: (lambda: ops.stream_triad(ta, tb, tc, s))
+    return groups
+
+
+def probe_bandwidth(threads: int | None = None, mib: int = DEFAULT_MIB, repeats: int = 15,
+                    progress: bool = True, rounds: int = 3):
+    """Measure read, copy and triad bandwidth with every implementation, in one sitting.
+
+    ``mib`` is the size of each fp32 array (at least :func:`min_mib`, so that
+    no probe runs from cache). Every provider is measured in each of
+    ``rounds`` interleaved rounds and keeps its best round (STREAM, too,
+    reports the best of several trials): a moment of interference from another
+    process then cannot decide which implementation looks fastest. Returns a
+    tidy DataFrame, one row per provider, GB/s with STREAM's byte counting (see
+    :func:`effnb.stream.bytes_moved`), ``gbps_rounds`` listing every round;
+    ``df.attrs['notes']`` says what was skipped.
+    """
+    import pandas as pd
+
+    n_threads = _check_threads(threads)
+    if isinstance(mib, bool) or not isinstance(mib, int) or mib < min_mib():
+        raise ValueError(f"mib={mib!r}: each probe array must be >= 4x the last-level cache "
+                         f"({provenance.llc_bytes() / MIB:.0f} MiB here); pass mib >= {min_mib()}")
+    if repeats < 3:
+        raise ValueError(f"repeats={repeats}: pass repeats >= 3")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds={rounds!r}: pass a whole number >= 1")
+    n = mib * MIB // 4
+    notes = []
+    use_cpp = ext.load()
+    if not use_cpp:
+        notes.append(f"C++ probes skipped: {ext.status()['reason']}")
+    with _threads_set(n_threads):
+        a = np.full(n, 1.0, dtype=np.float32)  # written once so every page is really mapped
+        b = np.full(n, 2.0, dtype=np.float32)
+        c = np.full(n, 0.5, dtype=np.float32)
+        frames = []
+        for r in range(rounds):
+            for kernel, providers in _providers(a, b, c, use_cpp).items():
+                df = bench.bench(providers, [n], bytes_moved=lambda size, k=kernel: stream.bytes_moved(k, size),
+                                 working_set=lambda size, k=kernel: stream.bytes_moved(k, size),
+                                 repeats=repeats, progress=progress,
+                                 desc=f"{kernel} bandwidth, round {r + 1}/{rounds}")
+                df.insert(1, "kernel", kernel)
+                df["round"] = r
+                frames.append(df)
+        del a, b, c
+    every = pd.concat(frames, ignore_index=True)
+    best = every.loc[every.groupby("provider", sort=False)["gbps"].idxmax()].reset_index(drop=True)
+    best["gbps_rounds"] = [every.loc[every["provider"] == p, "gbps"].round(2).tolist() for p in best["provider"]]
+    best["impl"] = best["provider"].str.split().str[0]
+    best["threads"] = n_threads
+    best["mib"] = mib
+    best.attrs["notes"] = notes
+    return best
+
+
+def gemm_frame(n: int = DEFAULT_GEMM_N, threads: int | None = None, repeats: int = 7, progress: bool = False):
+    """Time an ``n x n`` fp32 torch GEMM (2 n^3 flops): the practical compute roof."""
+    import torch
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 64:
+        raise ValueError(f"n={n!r}: pass a whole number >= 64 for the GEMM size")
+    n_threads = _check_threads(threads)
+    with _threads_set(n_threads):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n, n, generator=g)
+        y = torch.randn(n, n, generator=g)
+        z = torch.empty(n, n)
+        df = bench.bench({"torch gemm": lambda size: (lambda: torch.mm(x, y, out=z))}, [n],
+                         flops=lambda size: 2.0 * size ** 3, repeats=repeats, progress=progress,
+                         desc="fp32 GEMM")
+    df.insert(1, "kernel", "gemm")
+    df["impl"] = "torch"
+    df["threads"] = n_threads
+    return df
+
+
+def peak_flops(n: int = DEFAULT_GEMM_N, threads: int | None = None, repeats: int = 7) -> float:
+    """fp32 GFLOP/s of a large torch GEMM: what this machine really sustains, not the spec sheet."""
+    return float(gemm_frame(n, threads, repeats)["gflops"].iloc[0])
+
+
+# ---------------------------------------------------------------- the cached machine record
+
+def cache_path(threads: int | None = None) -> Path:
+    return ext.cache_dir() / "roofline" / f"{provenance.hardware_id()}-t{_check_threads(threads)}.json"
+
+
+def _best(df, kernel: str) -> tuple[float, str]:
+    rows = df[df["kernel"] == kernel]
+    i = rows["gbps"].idxmax()
+    return float(rows.loc[i, "gbps"]), str(rows.loc[i, "provider"])
+
+
+def _records(df) -> list[dict]:
+    return json.loads(df.to_json(orient="records"))  # plain JSON types, NaN -> None
+
+
+def machine(threads: int | None = None, refresh: bool = False, mib: int = DEFAULT_MIB,
+            repeats: int = 15, rounds: int = 3, gemm_n: int = DEFAULT_GEMM_N, progress: bool = True) -> dict:
+    """The limits of this machine at ``threads`` threads, measured once and cached.
+
+    Keys: read_gbps, copy_gbps, triad_gbps (the best implementation of each),
+    peak_gflops (fp32 GEMM), hardware_id, threads, probes (every row), and
+    where each best came from. Cached as JSON in
+    ``$EFFNB_CACHE/roofline/<hardware_id>-t<threads>.json``; ``refresh=True``
+    measures again.
+    """
+    import pandas as pd
+
+    n_threads = _check_threads(threads)
+    path = cache_path(n_threads)
+    if not refresh and path.exists():
+        try:
+            cached = json.loads(path.read_text())
+            if cached.get("hardware_id") == provenance.hardware_id() and cached.get("threads") == n_threads:
+                cached["cached"] = True
+                return cached
+        except (OSError, ValueError):
+            pass  # unreadable cache: measure again
+    t0 = time.perf_counter()
+    bw = probe_bandwidth(n_threads, mib=mib, repeats=repeats, progress=progress, rounds=rounds)
+    gemm = gemm_frame(gemm_n, n_threads)
+    read, read_by = _best(bw, "read")
+    copy, copy_by = _best(bw, "copy")
+    triad, triad_by = _best(bw, "triad")
+    limits = {
+        "hardware_id": provenance.hardware_id(), "threads": n_threads,
+        "read_gbps": read, "copy_gbps": copy, "triad_gbps": triad,
+        "peak_gflops": float(gemm["gflops"].iloc[0]),
+        "read_by": read_by, "copy_by": copy_by, "triad_by": triad_by,
+        "mib": mib, "rounds": rounds, "gemm_n": gemm_n, "ext": ext.status()["backend"],
+        "notes": bw.attrs.get("notes", []),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "elapsed_s": round(time.perf_counter() - t0, 1),
+        "probes": _records(pd.concat([bw, gemm], ignore_index=True)),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(limits, indent=1))
+    tmp.replace(path)
+    limits["cached"] = False
+    return limits
+
+
+def probes_frame(limits: dict):
+    """The probe rows of a :func:`machine` record as a DataFrame."""
+    import pandas as pd
+    return pd.DataFrame(limits.get("probes", []))
+
+
+# ---------------------------------------------------------------- using the limits
+
+def percent_of(value: float, limit: float) -> float:
+    """``value`` as a percentage of ``limit`` (e.g. measured GB/s of the machine's GB/s)."""
+    if not (isinstance(limit, (int, float)) and limit > 0 and math.isfinite(limit)):
+        raise ValueError(f"limit must be a positive number, got {limit!r}")
+    return 100.0 * float(value) / float(limit)
+
+
+def bound(flops: float, bytes: float, seconds: float, limits: dict, bandwidth: str = "read_gbps") -> dict:  # noqa: A002
+    """Which roof binds a kernel that did ``flops`` and moved ``bytes`` in ``seconds``, and how close it got.
+
+    The memory roof is ``intensity * limits[bandwidth]`` (default the read
+    bandwidth: most inference kernels mostly read), the compute roof
+    ``limits['peak_gflops']``; the lower one binds. ``pct_of_limit`` is the
+    achieved rate as a percentage of the binding roof: GB/s of bandwidth when
+    memory binds, GFLOP/s of peak when compute does.
+    """
+    for name, v in (("flops", flops), ("bytes", bytes), ("seconds", seconds)):
+        if not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if seconds <= 0:
+        raise ValueError(f"seconds must be > 0, got {seconds!r}")
+    if flops == 0 and bytes == 0:
+        raise ValueError("a kernel with no flops and no bytes has no place on a roofline; pass flops or bytes > 0")
+    for key in (bandwidth, "peak_gflops"):
+        if key not in limits or not limits[key] or limits[key] <= 0:
+            raise ValueError(f"limits lacks a positive {key!r}; pass the dict from effnb.roofline.machine()")
+    bw, peak = float(limits[bandwidth]), float(limits["peak_gflops"])
+    gflops, gbps = flops / seconds / 1e9, bytes / seconds / 1e9
+    intensity = flops / bytes if bytes > 0 else math.inf
+    memory_roof = intensity * bw
+    binding = "memory" if memory_roof < peak else "compute"
+    pct = 100.0 * gbps / bw if binding == "memory" else 100.0 * gflops / peak
+    return {"gflops": gflops, "gbps": gbps, "intensity": intensity, "binding": binding,
+            "pct_of_limit": pct, "attainable_gflops": min(peak, memory_roof), "ridge": peak / bw}
+
+
+def plot(limits: dict, points_df=None, ax=None, bandwidth: str = "read_gbps", title: str = "Roofline"):
+    """Log-log roofline: the memory slope, the compute roof, and each kernel as a labelled point.
+
+    ``points_df`` has columns ``name``, ``intensity`` (flop/byte) and ``gflops``.
+    """
+    import matplotlib.pyplot as plt
+
+    bw, peak = float(limits[bandwidth]), float(limits["peak_gflops"])
+    ridge = peak / bw
+    pts = None
+    if points_df is not None and len(points_df):
+        missing = {"name", "intensity", "gflops"} - set(points_df.columns)
+        if missing:
+            raise ValueError(f"points_df lacks columns {sorted(missing)}; pass name, intensity, gflops")
+        pts = points_df[(points_df["intensity"] > 0) & (points_df["gflops"] > 0)]
+    lo, hi = 1 / 16, max(64.0, ridge * 8)
+    if pts is not None and len(pts):
+        lo = min(lo, float(pts["intensity"].min()) / 2)
+        hi = max(hi, float(pts["intensity"].max()) * 2)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.5))
+    x = np.geomspace(lo, hi, 200)
+    ax.plot(x, np.minimum(peak, x * bw), color="k", linewidth=2)
+    ax.plot(x, x * bw, color="tab:blue", linestyle=":", linewidth=1,
+            label=f"memory: {bw:.1f} GB/s ({bandwidth.replace('_gbps', '')})")
+    ax.axhline(peak, color="tab:red", linestyle="--", linewidth=1, label=f"compute: {peak:.0f} GFLOP/s (fp32 GEMM)")
+    ax.axvline(ridge, color="grey", linestyle=":", linewidth=0.8)
+    ax.annotate(f"ridge {ridge:.1f} flop/B", (ridge, peak), textcoords="offset points", xytext=(4, -14),
+                fontsize="small", color="grey")
+    if pts is not None:
+        for _, p in pts.iterrows():
+            ax.scatter(p["intensity"], p["gflops"], zorder=3)
+            ax.annotate(str(p["name"]), (p["intensity"], p["gflops"]), textcoords="offset points",
+                        xytext=(5, 4), fontsize="small")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_ylim(top=peak * 2)
+    ax.set_xlabel("arithmetic intensity (flop / byte)")
+    ax.set_ylabel("GFLOP/s")
+    ax.set_title(f"{title} [{limits.get('hardware_id') or provenance.hardware_id()}, "
+                 f"{limits.get('threads', '?')} threads]")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
+    return ax
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m effnb.roofline``: measure (or show the cached) limits of this machine."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m effnb.roofline",
+                                     description="Measure this machine's memory bandwidth (STREAM probes: "
+                                                 "Numba, C++, numpy, torch) and fp32 GEMM peak; cached per "
+                                                 "hardware id and thread count under $EFFNB_CACHE/roofline/.")
+    parser.add_argument("--threads", type=int, default=None, help="threads (default: all usable cores)")
+    parser.add_argument("--mib", type=int, default=DEFAULT_MIB, help="MiB per probe array (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; best kept (default %(default)s)")
+    parser.add_argument("--refresh", action="store_true", help="measure again even if cached")
+    args = parser.parse_args(argv)
+    m = machine(args.threads, refresh=args.refresh, mib=args.mib, rounds=args.rounds)
+    probes = probes_frame(m)
+    bw = probes[probes["kernel"] != "gemm"]
+    peer = bw.loc[bw["provider"].isin(["numpy copy", "torch copy"]), "gbps"].max()
+    print(f"{m['hardware_id']}, {m['threads']} threads, {m['mib']} MiB arrays, measured {m['measured_at']}"
+          f"{' (cached)' if m.get('cached') else ''}")
+    for _, r in bw.iterrows():
+        print(f"  {r['provider']:<12} {r['gbps']:6.1f} GB/s   {100 * r['gbps'] / peer:5.0f}% of best numpy/torch copy")
+    print(f"  read {m['read_gbps']:.1f} ({m['read_by']}), copy {m['copy_gbps']:.1f} ({m['copy_by']}), "
+          f"triad {m['triad_gbps']:.1f} ({m['triad_by']}) GB/s; fp32 GEMM {m['peak_gflops']:.0f} GFLOP/s")
+    for note in m.get("notes", []):
+        print("  note:", note)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

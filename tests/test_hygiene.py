@@ -1,0 +1,154 @@
+"""Committed chapter notebooks follow the contract the runner, the sweeps and nbval rely on.
+
+For every ``notebooks/NN_*.ipynb``: one ``parameters`` cell of annotated literal
+assignments whose defaults are the smoke preset, YAML limits only on names the
+cell defines, executed top to bottom with outputs (nbval's reference, made by
+``effnb refresh``), no papermill traces, kernel python3. The same checks run on
+the runner's fixture chapter, and on broken copies of it to show they bite.
+"""
+import ast
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CHAPTERS = sorted(p for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb") if "." not in p.stem)
+FIXTURE = Path(__file__).parent / "data" / "notebooks" / "99_tiny.ipynb"
+
+
+def tags(cell) -> list:
+    return cell.get("metadata", {}).get("tags", [])
+
+
+def source(cell) -> str:
+    s = cell.get("source", "")
+    return "".join(s) if isinstance(s, list) else s
+
+
+def papermill_names(src: str) -> set:
+    """The parameter names papermill's own line parser sees (it warns about the rest on every run)."""
+    import logging
+
+    import nbformat
+    from papermill.translators import PythonTranslator
+    log = logging.getLogger("papermill")
+    level, log.level = log.level, logging.ERROR
+    try:
+        return {p.name for p in PythonTranslator.inspect(nbformat.v4.new_code_cell(src))}
+    finally:
+        log.setLevel(level)
+
+
+def problems(nb: dict, spec: dict | None) -> list[str]:
+    """Everything wrong with a committed chapter notebook (empty when it is clean)."""
+    out = []
+    cells = nb.get("cells", [])
+    params = [c for c in cells if "parameters" in tags(c)]
+    if len(params) != 1:
+        out.append(f"{len(params)} cells tagged `parameters`; exactly one is required")
+    defaults = {}
+    for cell in params[:1]:
+        try:
+            tree = ast.parse(source(cell))
+        except SyntaxError as exc:
+            return out + [f"parameters cell does not parse: {exc}"]
+        for stmt in tree.body:
+            if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value):
+                out.append(f"parameters cell line {stmt.lineno}: not an annotated assignment `name: type = literal`")
+                continue
+            try:
+                defaults[stmt.target.id] = ast.literal_eval(stmt.value)
+            except ValueError:
+                out.append(f"parameter {stmt.target.id}: default is not a literal")
+    if params and defaults:
+        missed = sorted(set(defaults) - papermill_names(source(params[0])))
+        if missed:
+            out.append(f"papermill cannot read parameter(s) {', '.join(missed)}: it skips any line with a "
+                       "second '=' (write 'at least' for '>=' in help comments)")
+    spec = spec or {}
+    for name in (spec.get("parameters") or {}):
+        if name not in defaults:
+            out.append(f"YAML constrains `{name}`, which the parameters cell does not define")
+    smoke = (spec.get("presets") or {}).get("smoke") or {}
+    for name, value in smoke.items():
+        if defaults.get(name, object()) != value:
+            out.append(f"smoke preset sets {name}={value!r} but the notebook default is {defaults.get(name)!r}; "
+                       "the notebook's defaults are the smoke preset")
+    code = [c for c in cells if c.get("cell_type") == "code" and source(c).strip()]
+    counts = [c.get("execution_count") for c in code]
+    if any(n is None for n in counts):
+        out.append("not executed: code cells without execution counts (run `effnb refresh CHAPTER`)")
+    elif counts != sorted(counts) or len(set(counts)) != len(counts):
+        out.append(f"execution counts {counts} are not in order: executed out of order (run `effnb refresh`)")
+    if code and not any(c.get("outputs") for c in code):
+        out.append("no outputs at all: nbval has nothing to compare (run `effnb refresh CHAPTER`)")
+    for i, c in enumerate(cells):
+        if any(o.get("output_type") == "error" for o in c.get("outputs", [])):
+            out.append(f"cell {i} has an error output")
+        if "injected-parameters" in tags(c):
+            out.append(f"cell {i} is tagged injected-parameters (a papermill output, not a source notebook)")
+        if "papermill" in c.get("metadata", {}):
+            out.append(f"cell {i} carries papermill metadata")
+    if "papermill" in nb.get("metadata", {}):
+        out.append("notebook metadata has a papermill section (commit the source, not a run)")
+    kernel = nb.get("metadata", {}).get("kernelspec", {}).get("name")
+    if kernel != "python3":
+        out.append(f"kernelspec is {kernel!r}, not 'python3'")
+    return out
+
+
+def load(path: Path):
+    nb = json.loads(path.read_text())
+    spec_path = path.with_suffix(".yaml")
+    spec = yaml.safe_load(spec_path.read_text()) if spec_path.exists() else None
+    return nb, spec
+
+
+@pytest.mark.skipif(not CHAPTERS, reason="no chapter notebooks committed under notebooks/ yet")
+@pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_committed_chapter_notebook_is_clean(path):
+    assert path.with_suffix(".yaml").exists(), f"{path.name} has no {path.stem}.yaml beside it"
+    nb, spec = load(path)
+    assert str(spec.get("chapter")).zfill(2) == path.stem.split("_", 1)[0], \
+        "YAML `chapter` must be the notebook's number"
+    assert spec.get("title"), "YAML needs a `title`"
+    found = problems(nb, spec)
+    assert not found, f"{path.name}:\n  " + "\n  ".join(found)
+
+
+def test_fixture_chapter_is_clean():
+    assert problems(*load(FIXTURE)) == []
+
+
+def _broken(mutate):
+    nb, spec = load(FIXTURE)
+    nb, spec = copy.deepcopy(nb), copy.deepcopy(spec)
+    mutate(nb, spec)
+    return problems(nb, spec)
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda nb, spec: nb["cells"][1]["metadata"].update(tags=[]), "0 cells tagged `parameters`"),
+    (lambda nb, spec: nb["cells"][2]["metadata"].update(tags=["parameters"]), "2 cells tagged"),
+    (lambda nb, spec: nb["cells"][1].update(source="threads = 1\n"), "not an annotated assignment"),
+    (lambda nb, spec: nb["cells"][1].update(source="import os\nthreads: int = os.cpu_count()\n"),
+     "not an annotated assignment"),
+    (lambda nb, spec: nb["cells"][1].update(source="threads: int = os.cpu_count()\n"), "not a literal"),
+    (lambda nb, spec: spec["presets"].update(smoke={"scale": 3.0}), "smoke preset sets scale=3.0"),
+    (lambda nb, spec: spec["parameters"].update(repeats={"min": 1}), "YAML constrains `repeats`"),
+    (lambda nb, spec: nb["cells"][1].update(source="threads: int = 1  # n >= 1\n"), "papermill cannot read"),
+    (lambda nb, spec: nb["cells"][2].update(execution_count=None), "not executed"),
+    (lambda nb, spec: nb["cells"][2].update(execution_count=9), "not in order"),
+    (lambda nb, spec: nb["cells"][1]["metadata"].update(tags=["parameters", "injected-parameters"]),
+     "tagged injected-parameters"),
+    (lambda nb, spec: nb["metadata"].update(papermill={}), "papermill section"),
+    (lambda nb, spec: nb["metadata"]["kernelspec"].update(name="python3.11"), "not 'python3'"),
+    (lambda nb, spec: nb["cells"][2]["outputs"].append({"output_type": "error", "ename": "E", "evalue": "",
+                                                        "traceback": []}), "error output"),
+])
+def test_checks_catch_broken_notebooks(mutate, expected):
+    found = _broken(mutate)
+    assert any(expected in f for f in found), found

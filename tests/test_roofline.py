@@ -1,0 +1,139 @@
+"""effnb.roofline: the right roof binds, the machine record is cached, the probes run end to end."""
+import json
+import math
+
+import matplotlib
+import pandas as pd
+import pytest
+
+from effnb import provenance, roofline
+
+matplotlib.use("Agg")
+
+LIMITS = {"read_gbps": 20.0, "copy_gbps": 25.0, "triad_gbps": 22.0, "peak_gflops": 100.0,
+          "hardware_id": "test-box", "threads": 2}   # ridge at 5 flop/byte
+
+
+# ---------------------------------------------------------------- bound
+
+def test_memory_bound_kernel():
+    r = roofline.bound(flops=1e9, bytes=1e9, seconds=0.1, limits=LIMITS)  # 10 GB/s at 1 flop/B
+    assert r["binding"] == "memory"
+    assert r["intensity"] == pytest.approx(1.0) and r["gbps"] == pytest.approx(10.0)
+    assert r["pct_of_limit"] == pytest.approx(50.0) and r["attainable_gflops"] == pytest.approx(20.0)
+    assert r["ridge"] == pytest.approx(5.0)
+
+
+def test_compute_bound_kernel():
+    r = roofline.bound(flops=1e11, bytes=1e9, seconds=2.0, limits=LIMITS)  # 50 GFLOP/s at 100 flop/B
+    assert r["binding"] == "compute" and r["gflops"] == pytest.approx(50.0)
+    assert r["pct_of_limit"] == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize("intensity, binding", [(4.9, "memory"), (5.1, "compute")])
+def test_binding_flips_at_the_ridge(intensity, binding):
+    assert roofline.bound(intensity * 1e9, 1e9, 1.0, LIMITS)["binding"] == binding
+
+
+def test_pure_data_movement_and_pure_compute():
+    copy = roofline.bound(flops=0, bytes=2e9, seconds=0.1, limits=LIMITS, bandwidth="copy_gbps")
+    assert copy["binding"] == "memory" and copy["pct_of_limit"] == pytest.approx(80.0)
+    alu = roofline.bound(flops=1e9, bytes=0, seconds=0.1, limits=LIMITS)
+    assert alu["binding"] == "compute" and math.isinf(alu["intensity"])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"seconds": 0}, "seconds"), ({"bytes": -1}, "bytes"), ({"flops": float("nan")}, "flops"),
+    ({"flops": 0, "bytes": 0}, "no flops and no bytes"), ({"limits": {"read_gbps": 1}}, "peak_gflops"),
+])
+def test_bound_rejects_bad_input(kwargs, match):
+    args = dict(flops=1e9, bytes=1e9, seconds=1.0, limits=LIMITS) | kwargs
+    with pytest.raises(ValueError, match=match):
+        roofline.bound(**args)
+
+
+def test_percent_of():
+    assert roofline.percent_of(15, 20) == pytest.approx(75.0)
+    with pytest.raises(ValueError):
+        roofline.percent_of(1, 0)
+
+
+def test_plot_has_roofs_points_and_machine():
+    pts = pd.DataFrame({"name": ["gemv", "gemm", "copy"], "intensity": [0.5, 50.0, 0.0],
+                        "gflops": [8.0, 70.0, 0.0]})
+    ax = roofline.plot(LIMITS, pts)
+    assert "test-box" in ax.get_title()
+    labels = [t.get_text() for t in ax.texts]
+    assert "gemv" in labels and "gemm" in labels  # zero-intensity points cannot sit on a log axis
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    with pytest.raises(ValueError, match="columns"):
+        roofline.plot(LIMITS, pd.DataFrame({"name": ["x"]}))
+
+
+# ---------------------------------------------------------------- machine() cache
+
+def _fake_probes(calls):
+    def probe_bandwidth(threads=None, mib=256, repeats=15, progress=True, rounds=3):
+        calls.append(threads)
+        df = pd.DataFrame({"provider": ["numba read", "torch sum", "numpy copy", "cpp copy", "numba triad"],
+                           "kernel": ["read", "read", "copy", "copy", "triad"],
+                           "gbps": [30.0, 28.0, 31.0, 33.0, 25.0]})
+        df.attrs["notes"] = []
+        return df
+
+    def gemm_frame(n=2048, threads=None, repeats=7, progress=False):
+        return pd.DataFrame({"provider": ["torch gemm"], "kernel": ["gemm"], "gflops": [150.0]})
+    return probe_bandwidth, gemm_frame
+
+
+def test_machine_is_measured_once_then_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("EFFNB_CACHE", str(tmp_path))
+    calls = []
+    bw, gemm = _fake_probes(calls)
+    monkeypatch.setattr(roofline, "probe_bandwidth", bw)
+    monkeypatch.setattr(roofline, "gemm_frame", gemm)
+    m = roofline.machine(threads=1)
+    assert not m["cached"] and len(calls) == 1
+    assert (m["read_gbps"], m["copy_gbps"], m["triad_gbps"], m["peak_gflops"]) == (30.0, 33.0, 25.0, 150.0)
+    assert m["copy_by"] == "cpp copy" and m["threads"] == 1 and m["hardware_id"] == provenance.hardware_id()
+    assert len(m["probes"]) == 6
+    path = tmp_path / "roofline" / f"{provenance.hardware_id()}-t1.json"
+    assert json.loads(path.read_text())["read_gbps"] == 30.0
+    again = roofline.machine(threads=1)
+    assert again["cached"] and len(calls) == 1 and again["read_gbps"] == 30.0
+    roofline.machine(threads=1, refresh=True)
+    assert len(calls) == 2
+
+
+def test_machine_rejects_bad_threads(monkeypatch, tmp_path):
+    monkeypatch.setenv("EFFNB_CACHE", str(tmp_path))
+    with pytest.raises(ValueError, match="threads"):
+        roofline.machine(threads=10_000)
+
+
+def test_probe_refuses_cache_sized_arrays():
+    with pytest.raises(ValueError, match=f"mib >= {roofline.min_mib()}"):
+        roofline.probe_bandwidth(threads=1, mib=1)
+
+
+# ---------------------------------------------------------------- end to end (small)
+
+@pytest.mark.slow
+def test_probe_bandwidth_runs_every_provider():
+    from effnb import ext
+    df = roofline.probe_bandwidth(threads=1, mib=roofline.min_mib(), repeats=3, progress=False, rounds=2)
+    assert set(df["kernel"]) == {"read", "copy", "triad"}
+    expected = {"numba read", "numpy sum", "torch sum", "numba copy", "numpy copy", "torch copy",
+                "numba triad", "torch triad"}
+    if ext.load():
+        expected |= {"cpp read", "cpp copy", "cpp triad"}
+    assert expected == set(df["provider"])
+    assert (df["gbps"] > 0).all() and (df["threads"] == 1).all()
+    assert (df["working_set_bytes"] >= 4 * provenance.llc_bytes()).all()
+    assert all(len(r) == 2 for r in df["gbps_rounds"])  # the best of two rounds is kept
+    assert (df["gbps"].round(2) == df["gbps_rounds"].map(max)).all()
+
+
+@pytest.mark.slow
+def test_peak_flops_is_positive():
+    assert roofline.peak_flops(n=256, threads=1, repeats=3) > 0
