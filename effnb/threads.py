@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import os
 
-_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+# NUMBA_NUM_THREADS is Numba's pool size, fixed once its threads start: changing
+# the variable later makes the next compilation fail, so we only ever call
+# numba.set_num_threads (and record the variable, never write it).
+_RECORDED_VARS = _ENV_VARS + ("NUMBA_NUM_THREADS",)
 
 
 def available_cores() -> int:
@@ -46,7 +50,7 @@ def set_threads(n: int | None = None) -> int:
 
 def current_threads() -> dict:
     """What each runtime reports now: recorded in provenance."""
-    out = {"env": {v: os.environ.get(v) for v in _ENV_VARS}}
+    out = {"env": {v: os.environ.get(v) for v in _RECORDED_VARS}}
     try:
         import torch
         out["torch"] = torch.get_num_threads()

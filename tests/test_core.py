@@ -107,11 +107,14 @@ def test_threads_validation_names_the_range():
             threads.validate_threads(bad)
 
 
-def test_set_threads_sets_every_runtime():
+def test_set_threads_sets_every_runtime(monkeypatch):
     import torch
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
     n = threads.set_threads(1)
     state = threads.current_threads()
     assert n == 1 and torch.get_num_threads() == 1 and state["env"]["OMP_NUM_THREADS"] == "1"
+    # Numba's pool size must never change once its threads run: only set_num_threads is used.
+    assert state["env"]["NUMBA_NUM_THREADS"] is None and state["numba"] == 1
     threads.set_threads(None)
     assert torch.get_num_threads() == threads.available_cores()
 
