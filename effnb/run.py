@@ -138,8 +138,11 @@ class Param:
                 if (self.min is not None and v < self.min) or (self.max is not None and v > self.max):
                     bad = True
             if bad:
-                extra = f" (this machine has {_threads.available_cores()} usable cores)" \
-                    if self.name == "threads" else ""
+                extra = ""
+                if self.name == "threads":
+                    extra = f" (this machine has {_threads.available_cores()} usable cores)"
+                elif self.name == "device" and v == "cuda" and not _cuda_available():
+                    extra = "; this chapter has no CUDA path, and torch sees no CUDA GPU on this machine either"
                 raise UsageError(f"{self.name}={_fmt(value)}{where} is not allowed: use {self.allowed()}{extra}")
         return value
 
@@ -348,11 +351,15 @@ def resolve(chapter: Chapter, preset: str = "smoke", overrides: dict | None = No
     return values
 
 
+def _cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
 def check_environment(params: dict) -> None:
     """Raise EnvironmentUnsupported when this machine cannot run these parameters (exit code 3)."""
     if params.get("device") == "cuda":
-        import torch
-        if not torch.cuda.is_available():
+        if not _cuda_available():
             raise EnvironmentUnsupported("device=cuda, but torch sees no CUDA GPU on this machine; "
                                     "use -p device=cpu")
 
