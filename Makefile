@@ -43,8 +43,10 @@ $(LAB_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[lab]'
 	@touch $@
 
-lab: $(LAB_STAMP) ext  ## explore the notebooks in JupyterLab
-	$(BIN)/jupyter lab notebooks/
+# JupyterLab refuses to run as root unless told; containers often are root.
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
+lab: $(LAB_STAMP) ext  ## explore the notebooks in JupyterLab (LAB_ARGS="--no-browser --port 8888")
+	$(BIN)/jupyter lab notebooks/ $(LAB_ARGS)
 
 run: setup ext  ## one chapter: make run CHAPTER=01 PRESET=smoke ARGS="-p threads=1"
 	$(BIN)/effnb run $(CHAPTER) --preset $(PRESET) $(ARGS)
