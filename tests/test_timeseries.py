@@ -1,0 +1,149 @@
+"""effnb.timeseries against the plain float64 references, plus its input checks and sklearn behaviour."""
+import numba
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from effnb import timeseries as T
+from effnb import timeseries_ref as R
+
+FAST = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def panel(seed, n, c, length):
+    return np.random.default_rng(seed).normal(size=(n, c, length)).astype(np.float32)
+
+
+@FAST
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 3), c=st.integers(1, 3), length=st.integers(11, 47),
+       k=st.integers(1, 9))
+def test_rocket_matches_reference(seed, n, c, length, k):
+    X = panel(seed, n, c, length)
+    r = T.Rocket(num_kernels=k, random_state=seed).fit(X)
+    got = r.transform(X)
+    want = R.rocket_features(T._normalise(X), r.kernels_)
+    assert got.shape == (n, 2 * k)
+    np.testing.assert_allclose(got[:, 1::2], want[:, 1::2], rtol=1e-4, atol=1e-4)
+    # PPV: float32 vs float64 may flip a value sitting on zero; never more than one per feature
+    ks = r.kernels_
+    out_len = length + 2 * ks["pads"] - (ks["lengths"] - 1) * ks["dils"]
+    assert np.all(np.abs(got[:, 0::2] - want[:, 0::2]) <= 1.0 / out_len + 1e-6)
+
+
+@FAST
+@given(seed=st.integers(0, 10_000), c=st.integers(1, 3), length=st.integers(9, 45), per=st.integers(1, 3))
+def test_minirocket_matches_reference(seed, c, length, per):
+    Xtr, Xte = panel(seed, 4, c, length), panel(seed + 1, 2, c, length)
+    m = T.MiniRocket(num_features=84 * per, random_state=seed).fit(Xtr)
+    got = m.transform(Xte)
+    want = R.minirocket_features(Xte, m)
+    assert got.shape == want.shape == (2, m.n_features_out_)
+    assert np.mean(np.abs(got - want) > 1e-6) <= 0.01
+    # the biases come from quantiles of the training outputs, so PPV on training data spans (0, 1)
+    assert 0.0 <= m.transform(Xtr).min() and m.transform(Xtr).max() <= 1.0
+
+
+def test_minirocket_dilations_and_feature_count():
+    dils, nfpd = T.mini_dilations(150, 10_000)
+    assert dils[0] == 1 and dils[-1] <= (150 - 1) // 8 and np.all(np.diff(dils) > 0)
+    assert nfpd.sum() == 10_000 // 84
+    m = T.MiniRocket(num_features=1000, random_state=0).fit(panel(0, 3, 1, 30))
+    assert m.transform(panel(1, 2, 1, 30)).shape == (2, 84 * (1000 // 84))
+
+
+def test_selected_rocket_equals_columns_of_full():
+    X = panel(3, 4, 2, 40)
+    r = T.Rocket(num_kernels=30, random_state=0).fit(X)
+    feats = np.array([59, 0, 7, 6, 33])
+    sel = T.SelectedRocket(r, feats).fit()
+    assert len(sel.kernel_ids_) == 4          # features 6 and 7 share kernel 3
+    np.testing.assert_array_equal(sel.transform(X), r.transform(X)[:, feats])
+    with pytest.raises(ValueError, match="indices"):
+        T.SelectedRocket(r, [60]).fit()
+
+
+def test_select_features_finds_the_informative_column():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    F = rng.normal(size=(40, 200))
+    F[:, 17] += 3 * y
+    for method in ("anova", "ridge"):
+        idx = T.select_features(F, y, keep=0.025, method=method)
+        assert len(idx) == 5 and 17 in idx
+    with pytest.raises(ValueError, match="fraction"):
+        T.select_features(F, y, keep=0)
+
+
+@FAST
+@given(seed=st.integers(0, 10_000), channels=st.integers(1, 5), layers=st.integers(1, 4),
+       k=st.integers(1, 4), T_len=st.integers(1, 60), split=st.integers(0, 60))
+def test_continual_tcn_equals_offline(seed, channels, layers, k, T_len, split):
+    net = T.ContinualTCN(channels=channels, layers=layers, kernel_size=k, in_channels=1, seed=seed)
+    x = np.random.default_rng(seed).normal(size=(1, T_len))
+    off = net.offline(x)
+    np.testing.assert_allclose(off, R.tcn_offline(net._pad(x), net.W, net.B, net.dils), atol=1e-10)
+    s = min(split, T_len)                     # the state carries over between calls
+    cont = np.concatenate([net.stream(x[:, :s]), net.stream(x[:, s:])], axis=1)
+    assert np.abs(cont - off).max() <= 1e-5
+    net.reset()
+    steps = np.stack([net.step(x[:, t]) for t in range(T_len)], axis=1)
+    assert np.abs(steps - off).max() <= 1e-5
+    w = net.receptive_field
+    np.testing.assert_allclose(net.windowed(x, w), off, atol=1e-10)
+    assert net.macs_per_step(w)["windowed"] == w * net.macs_per_step()["continual"]
+
+
+@pytest.mark.parametrize("est", [T.Rocket(num_kernels=5), T.MiniRocket(num_features=84)])
+def test_bad_input_errors_name_the_fix(est):
+    good = panel(0, 3, 1, 30)
+    with pytest.raises(NotFittedError, match="fit"):
+        clone(est).transform(good)
+    bad = good.copy()
+    bad[1, 0, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        clone(est).fit(bad)
+    with pytest.raises(ValueError, match="pad"):
+        clone(est).fit(panel(0, 3, 1, 5))
+    with pytest.raises(ValueError, match="unequal lengths"):
+        clone(est).fit([np.zeros(30), np.zeros(31)])
+    with pytest.raises(ValueError, match="dimensions"):
+        clone(est).fit(np.zeros((2, 1, 1, 30)))
+    fitted = clone(est).fit(good)
+    with pytest.raises(ValueError, match="fitted"):
+        fitted.transform(panel(0, 3, 2, 30))
+    assert fitted.transform(good[:, 0, :]).shape[0] == 3   # 2-D input is univariate
+
+
+def test_pad_equal():
+    out = T.pad_equal([np.arange(3.0), np.arange(5.0)])
+    assert out.shape == (2, 1, 5) and out[0, 0, -1] == 2.0
+    with pytest.raises(ValueError, match="longer"):
+        T.pad_equal([np.arange(5.0)], length=3)
+
+
+def test_sklearn_pipeline_params_and_threads():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 15)
+    t = np.linspace(0, 1, 50)
+    X = np.sin(2 * np.pi * (2 + 3 * y)[:, None] * t) + 0.1 * rng.normal(size=(30, 50))
+    before = numba.get_num_threads()
+    for est in (T.Rocket(num_kernels=50, random_state=1, n_jobs=1),
+                T.MiniRocket(num_features=168, random_state=1, n_jobs=-1)):
+        assert clone(est).get_params()["random_state"] == 1
+        pipe = T.classifier(est).fit(X[::2], y[::2])
+        assert pipe.score(X[1::2], y[1::2]) >= 0.9
+        assert numba.get_num_threads() == before
+    a = T.Rocket(num_kernels=20, random_state=5).fit(X).transform(X)
+    b = T.Rocket(num_kernels=20, random_state=5).fit(X).transform(X)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_japanese_vowels_is_padded_to_equal_length():
+    Xtr, ytr, Xte, yte = T.load_dataset("JapaneseVowels")
+    assert Xtr.shape[1:] == Xte.shape[1:] == (12, 29) and len(Xtr) == len(ytr) == 270
+    assert np.isfinite(Xtr).all()
+    with pytest.raises(ValueError, match="unknown dataset"):
+        T.load_dataset("Nope")
