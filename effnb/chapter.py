@@ -70,6 +70,8 @@ class Chapter:
     def record(self, name: str, value, *, glue: bool = True, display: bool = False):
         """Keep a result for the sidecar and glue it for the book's prose (``{glue:}`name```)."""
         self.results[name] = _jsonable(value)
+        if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+            value = value.item()  # numpy scalars: glue a plain number, whose text myst-nb can format
         if glue:
             try:
                 from myst_nb import glue as _glue

@@ -192,6 +192,15 @@ def test_chapter_records_and_writes_sidecar(tmp_path, monkeypatch):
     assert not math.isnan(on_disk["elapsed_s"])
 
 
+def test_chapter_glues_plain_numbers(monkeypatch):
+    glued = {}
+    import myst_nb
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=True: glued.update({name: value}))
+    ch = chapter.start("99", threads=1)
+    ch.record("f", np.float64(2.5))
+    assert type(glued["f"]) is float and repr(glued["f"]) == "2.5"
+
+
 def test_chapter_rejects_bad_device_and_threads():
     with pytest.raises(ValueError, match="device"):
         chapter.start("99", threads=1, device="tpu")
