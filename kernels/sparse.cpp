@@ -1,0 +1,466 @@
+// Sparse weight kernels for pruned Linear and 1x1 convolution layers (chapter 04).
+//
+// All kernels compute C = W * B with W an (N x K) weight matrix and B a dense
+// (K x P) operand: for a Linear layer B is x transposed (P = batch M), for a
+// 1x1 convolution B is the activation (Cin x pixels). Following XNNPACK's
+// sparse kernels (Fast Sparse ConvNets), the work is vectorised across P: a
+// strip of up to 32 columns of B is held in registers as accumulators, and every
+// nonzero w[n, k] is broadcast and multiplied into the strip B[k, j:j+32].
+//
+//   sparse_spmm(rowptr, colidx, values, B, N)   CSR, unstructured
+//   sparse_spmv(rowptr, colidx, values, x, N)   the P = 1 case: a gather-dot per row
+//   group4_spmm(gptr, colidx, values, B, N)     1x4 groups: 4 output rows share one
+//   group4_spmv(gptr, colidx, values, x, N)     column pattern (SparseByteNN), values
+//                                               stored [nnz_groups, 4]
+//   dense4_spmm(W4, B, N) / dense4_spmv(W4, x, N)  the SAME loops as group4 with every
+//                                               column present and no index: W4 is W
+//                                               packed [ceil(N/4), K, 4]
+//
+// Column indices are int32, or int16 holding uint16 values when K <= 65536
+// (2 bytes per nonzero saved: at 90% sparsity the index is most of the traffic).
+// Threads: OpenMP over blocks of rows (torch.set_num_threads sets their number).
+// The hot loops have an AVX2+FMA path (also taken
+// by AVX-512 builds, which define __AVX2__) and a plain C++ path for any other
+// CPU, chosen at compile time from the build's -march level, so no CPU meets an
+// instruction it lacks.
+
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace {
+
+// Threads take blocks of rows in order as they become free (OpenMP dynamic
+// schedule), as in stream.cpp: on a shared machine a thread that loses its core
+// for a moment delays one block, not a fixed half of the matrix.
+template <typename F>
+void for_blocks(int64_t n, int64_t block, const F& f) {
+  const int64_t nb = (n + block - 1) / block;
+#pragma omp parallel for schedule(dynamic, 1) if (nb > 1)
+  for (int64_t b = 0; b < nb; ++b) f(b * block, std::min(n, (b + 1) * block));
+}
+
+constexpr int64_t kRowGrain = 16;
+
+void check_f32(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "effnb sparse kernels run on the CPU; ", name, " is on ", t.device());
+  TORCH_CHECK(t.scalar_type() == at::kFloat, "effnb sparse kernels take float32; ", name, " is ",
+              t.scalar_type());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+void check_index(const at::Tensor& ptr, const at::Tensor& col, int64_t groups) {
+  TORCH_CHECK(ptr.scalar_type() == at::kInt && ptr.dim() == 1 && ptr.is_contiguous(),
+              "row pointer must be a contiguous 1-D int32 tensor");
+  TORCH_CHECK(ptr.numel() == groups + 1, "row pointer has ", ptr.numel(), " entries, expected ", groups + 1);
+  TORCH_CHECK((col.scalar_type() == at::kInt || col.scalar_type() == at::kShort) && col.dim() == 1 &&
+                  col.is_contiguous(),
+              "column indices must be a contiguous 1-D int32 or int16 (holding uint16) tensor");
+}
+
+template <typename I>
+inline int64_t colof(const I* c, int64_t p) {
+  if constexpr (sizeof(I) == 2) return static_cast<int64_t>(static_cast<uint16_t>(c[p]));
+  else return static_cast<int64_t>(c[p]);
+}
+
+// ---------------------------------------------------------------- AVX2 micro-kernels
+//
+// One output row (or group of four) times one strip of up to 32 columns of B:
+// NV full 8-float vectors plus, when TAIL, one masked vector for the last
+// 1..7 columns. The accumulators live in registers for the whole row; every
+// nonzero costs one broadcast and NV(+1) fused multiply-adds.
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define EFFNB_SPARSE_AVX2 1
+
+inline __m256i tail_mask(int64_t r) {
+  alignas(32) static const int32_t m[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + 8 - r));
+}
+
+template <int NV, bool TAIL, typename I>
+inline void csr_strip(int32_t p0, int32_t p1, const I* col, const float* val, const float* B, int64_t P,
+                      float* c, __m256i mask) {
+  __m256 acc[NV + 1];
+  for (int v = 0; v <= NV; ++v) acc[v] = _mm256_setzero_ps();
+  for (int32_t p = p0; p < p1; ++p) {
+    const __m256 w = _mm256_broadcast_ss(val + p);
+    const float* b = B + colof(col, p) * P;
+    for (int v = 0; v < NV; ++v) acc[v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(b + 8 * v), acc[v]);
+    if (TAIL) acc[NV] = _mm256_fmadd_ps(w, _mm256_maskload_ps(b + 8 * NV, mask), acc[NV]);
+  }
+  for (int v = 0; v < NV; ++v) _mm256_storeu_ps(c + 8 * v, acc[v]);
+  if (TAIL) _mm256_maskstore_ps(c + 8 * NV, mask, acc[NV]);
+}
+
+template <int NV, bool TAIL, bool kDense, typename I>
+inline void group_strip(int64_t p0, int64_t p1, const I* col, const float* val, const float* B, int64_t P,
+                        float* c0, float* c1, float* c2, float* c3, __m256i mask) {
+  __m256 a0[NV + 1], a1[NV + 1], a2[NV + 1], a3[NV + 1];
+  for (int v = 0; v <= NV; ++v) a0[v] = a1[v] = a2[v] = a3[v] = _mm256_setzero_ps();
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* b = B + (kDense ? p - p0 : colof(col, p)) * P;
+    const float* wv = val + 4 * p;
+    const __m256 w0 = _mm256_broadcast_ss(wv), w1 = _mm256_broadcast_ss(wv + 1);
+    const __m256 w2 = _mm256_broadcast_ss(wv + 2), w3 = _mm256_broadcast_ss(wv + 3);
+    for (int v = 0; v <= NV; ++v) {
+      if (v == NV && !TAIL) break;
+      const __m256 bv = v < NV ? _mm256_loadu_ps(b + 8 * v) : _mm256_maskload_ps(b + 8 * v, mask);
+      a0[v] = _mm256_fmadd_ps(w0, bv, a0[v]);
+      a1[v] = _mm256_fmadd_ps(w1, bv, a1[v]);
+      a2[v] = _mm256_fmadd_ps(w2, bv, a2[v]);
+      a3[v] = _mm256_fmadd_ps(w3, bv, a3[v]);
+    }
+  }
+  float* cs[4] = {c0, c1, c2, c3};
+  __m256* as[4] = {a0, a1, a2, a3};
+  for (int r = 0; r < 4; ++r) {
+    if (cs[r] == nullptr) continue;
+    for (int v = 0; v < NV; ++v) _mm256_storeu_ps(cs[r] + 8 * v, as[r][v]);
+    if (TAIL) _mm256_maskstore_ps(cs[r] + 8 * NV, mask, as[r][NV]);
+  }
+}
+#endif
+
+// ---------------------------------------------------------------- CSR, unstructured
+
+// Strip width: 32 columns (4 AVX2 registers) for the CSR kernel, 16 for the 1x4
+// kernel (4 rows x 2 registers). Loop order: when P is small (a Linear layer's
+// batch) rows are the outer loop, so each weight row is read from memory once
+// and reused from L1 for every strip; when P is large (a convolution's pixels)
+// strips are the outer loop, so one strip of B stays in cache for all rows.
+constexpr int64_t kSmallP = 64;
+
+template <typename I>
+void csr_row_strip(const int32_t* ptr, const I* col, const float* val, const float* B, float* C,
+                   int64_t P, int64_t n, int64_t j, int64_t w_) {
+#ifdef EFFNB_SPARSE_AVX2
+  const int nv = static_cast<int>(w_ / 8);
+  const int64_t r = w_ % 8;
+  const __m256i mask = tail_mask(r);
+  const float* b = B + j;
+  float* c = C + n * P + j;
+  const int32_t p0 = ptr[n], p1 = ptr[n + 1];
+  switch (nv * 2 + (r ? 1 : 0)) {
+    case 1: csr_strip<0, true>(p0, p1, col, val, b, P, c, mask); break;
+    case 2: csr_strip<1, false>(p0, p1, col, val, b, P, c, mask); break;
+    case 3: csr_strip<1, true>(p0, p1, col, val, b, P, c, mask); break;
+    case 4: csr_strip<2, false>(p0, p1, col, val, b, P, c, mask); break;
+    case 5: csr_strip<2, true>(p0, p1, col, val, b, P, c, mask); break;
+    case 6: csr_strip<3, false>(p0, p1, col, val, b, P, c, mask); break;
+    case 7: csr_strip<3, true>(p0, p1, col, val, b, P, c, mask); break;
+    default: csr_strip<4, false>(p0, p1, col, val, b, P, c, mask); break;
+  }
+#else
+  float acc[32] = {0};
+  for (int32_t p = ptr[n]; p < ptr[n + 1]; ++p) {
+    const float w = val[p];
+    const float* b = B + colof(col, p) * P + j;
+    for (int64_t t = 0; t < w_; ++t) acc[t] += w * b[t];
+  }
+  float* c = C + n * P + j;
+  for (int64_t t = 0; t < w_; ++t) c[t] = acc[t];
+#endif
+}
+
+template <typename I>
+void spmm_rows(const int32_t* ptr, const I* col, const float* val, const float* B, float* C,
+               int64_t P, int64_t n0, int64_t n1) {
+  constexpr int64_t S = 32;
+  if (P <= kSmallP) {
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t j = 0; j < P; j += S) csr_row_strip(ptr, col, val, B, C, P, n, j, std::min(S, P - j));
+  } else {
+    for (int64_t j = 0; j < P; j += S)
+      for (int64_t n = n0; n < n1; ++n) csr_row_strip(ptr, col, val, B, C, P, n, j, std::min(S, P - j));
+  }
+}
+
+#ifdef EFFNB_SPARSE_AVX2
+template <typename I>
+inline __m256i load8(const I* c) {
+  if constexpr (sizeof(I) == 2)
+    return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
+  else
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c));
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
+
+// SpMV: per row, a dot product of its values with x gathered at its columns
+// (x is small and stays in L1; the values and indices stream from memory).
+template <typename I>
+void spmv_rows(const int32_t* ptr, const I* col, const float* val, const float* x, float* y,
+               int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    int32_t p = ptr[n];
+    const int32_t e = ptr[n + 1];
+    float tail = 0.0f;
+#ifdef EFFNB_SPARSE_AVX2
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (; p + 16 <= e; p += 16) {
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(val + p), _mm256_i32gather_ps(x, load8(col + p), 4), a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(val + p + 8), _mm256_i32gather_ps(x, load8(col + p + 8), 4), a1);
+    }
+    for (; p + 8 <= e; p += 8)
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(val + p), _mm256_i32gather_ps(x, load8(col + p), 4), a0);
+    tail = hsum(_mm256_add_ps(a0, a1));
+#else
+    float a1 = 0, a2 = 0, a3 = 0;  // four chains hide the FMA latency
+    for (; p + 4 <= e; p += 4) {
+      tail += val[p] * x[colof(col, p)];
+      a1 += val[p + 1] * x[colof(col, p + 1)];
+      a2 += val[p + 2] * x[colof(col, p + 2)];
+      a3 += val[p + 3] * x[colof(col, p + 3)];
+    }
+    tail += (a1 + a2) + a3;
+#endif
+    for (; p < e; ++p) tail += val[p] * x[colof(col, p)];
+    y[n] = tail;
+  }
+}
+
+at::Tensor sparse_spmm(const at::Tensor& rowptr, const at::Tensor& colidx, const at::Tensor& values,
+                       const at::Tensor& B, int64_t N) {
+  check_index(rowptr, colidx, N);
+  check_f32(values, "values");
+  check_f32(B, "B");
+  TORCH_CHECK(B.dim() == 2, "B must be 2-D (K x P)");
+  TORCH_CHECK(values.numel() == colidx.numel(), "values and column indices differ in length");
+  const int64_t P = B.size(1);
+  auto C = at::empty({N, P}, B.options());
+  if (N == 0 || P == 0) return C;
+  const int32_t* ptr = rowptr.data_ptr<int32_t>();
+  const float* val = values.data_ptr<float>();
+  const float* b = B.data_ptr<float>();
+  float* c = C.data_ptr<float>();
+  const bool narrow = colidx.scalar_type() == at::kShort;
+  const void* col = colidx.data_ptr();
+  for_blocks(N, kRowGrain, [&](int64_t n0, int64_t n1) {
+    if (narrow) spmm_rows(ptr, static_cast<const int16_t*>(col), val, b, c, P, n0, n1);
+    else spmm_rows(ptr, static_cast<const int32_t*>(col), val, b, c, P, n0, n1);
+  });
+  return C;
+}
+
+at::Tensor sparse_spmv(const at::Tensor& rowptr, const at::Tensor& colidx, const at::Tensor& values,
+                       const at::Tensor& x, int64_t N) {
+  check_index(rowptr, colidx, N);
+  check_f32(values, "values");
+  check_f32(x, "x");
+  TORCH_CHECK(x.dim() == 1, "x must be 1-D (K)");
+  TORCH_CHECK(values.numel() == colidx.numel(), "values and column indices differ in length");
+  auto y = at::empty({N}, x.options());
+  if (N == 0) return y;
+  const int32_t* ptr = rowptr.data_ptr<int32_t>();
+  const float* val = values.data_ptr<float>();
+  const float* xv = x.data_ptr<float>();
+  float* yv = y.data_ptr<float>();
+  const bool narrow = colidx.scalar_type() == at::kShort;
+  const void* col = colidx.data_ptr();
+  for_blocks(N, 64, [&](int64_t n0, int64_t n1) {
+    if (narrow) spmv_rows(ptr, static_cast<const int16_t*>(col), val, xv, yv, n0, n1);
+    else spmv_rows(ptr, static_cast<const int32_t*>(col), val, xv, yv, n0, n1);
+  });
+  return y;
+}
+
+// ---------------------------------------------------------------- 1x4 groups and the same-code dense kernel
+//
+// Group g covers output rows 4g..4g+3. Each stored column k of the group carries
+// four weights (one per row), so one strip of B is loaded once and used four
+// times: a quarter of the B traffic of the unstructured kernel per nonzero.
+// kDense = true is the same loop with every column 0..K-1 present (no index).
+
+template <bool kDense, typename I>
+void group4_row_strip(const int32_t* gptr, const I* col, const float* val, const float* B, float* C,
+                      int64_t N, int64_t K, int64_t P, int64_t g, int64_t j, int64_t w_) {
+  const int64_t p0 = kDense ? g * K : gptr[g];
+  const int64_t p1 = kDense ? (g + 1) * K : gptr[g + 1];
+  float* cr[4];
+  for (int64_t r = 0; r < 4; ++r) cr[r] = 4 * g + r < N ? C + (4 * g + r) * P + j : nullptr;
+#ifdef EFFNB_SPARSE_AVX2
+  const int nv = static_cast<int>(w_ / 8);
+  const int64_t r = w_ % 8;
+  const __m256i mask = tail_mask(r);
+  const float* b = B + j;
+  switch (nv * 2 + (r ? 1 : 0)) {
+    case 1: group_strip<0, true, kDense>(p0, p1, col, val, b, P, cr[0], cr[1], cr[2], cr[3], mask); break;
+    case 2: group_strip<1, false, kDense>(p0, p1, col, val, b, P, cr[0], cr[1], cr[2], cr[3], mask); break;
+    case 3: group_strip<1, true, kDense>(p0, p1, col, val, b, P, cr[0], cr[1], cr[2], cr[3], mask); break;
+    default: group_strip<2, false, kDense>(p0, p1, col, val, b, P, cr[0], cr[1], cr[2], cr[3], mask); break;
+  }
+#else
+  float a[4][16] = {{0}};
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* b = B + (kDense ? p - p0 : colof(col, p)) * P + j;
+    const float* v = val + 4 * p;
+    for (int64_t t = 0; t < w_; ++t)
+      for (int rr = 0; rr < 4; ++rr) a[rr][t] += v[rr] * b[t];
+  }
+  for (int rr = 0; rr < 4; ++rr)
+    if (cr[rr]) for (int64_t t = 0; t < w_; ++t) cr[rr][t] = a[rr][t];
+#endif
+}
+
+template <bool kDense, typename I>
+void group4_rows(const int32_t* gptr, const I* col, const float* val, const float* B, float* C,
+                 int64_t N, int64_t K, int64_t P, int64_t g0, int64_t g1) {
+  constexpr int64_t S = 16;
+  if (P <= kSmallP) {
+    for (int64_t g = g0; g < g1; ++g)
+      for (int64_t j = 0; j < P; j += S) group4_row_strip<kDense>(gptr, col, val, B, C, N, K, P, g, j, std::min(S, P - j));
+  } else {
+    for (int64_t j = 0; j < P; j += S)
+      for (int64_t g = g0; g < g1; ++g) group4_row_strip<kDense>(gptr, col, val, B, C, N, K, P, g, j, std::min(S, P - j));
+  }
+}
+
+template <bool kDense, typename I>
+void group4_vec(const int32_t* gptr, const I* col, const float* val, const float* x, float* y,
+                int64_t N, int64_t K, int64_t g0, int64_t g1) {
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t p0 = kDense ? g * K : gptr[g];
+    const int64_t p1 = kDense ? (g + 1) * K : gptr[g + 1];
+    int64_t p = p0;
+    float a[4] = {0, 0, 0, 0};
+#ifdef EFFNB_SPARSE_AVX2
+    // two stored columns per register: [4 weights of column p | 4 weights of column p+1]
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    for (; p + 4 <= p1; p += 4) {
+      const float x0 = x[kDense ? p - p0 : colof(col, p)], x1 = x[kDense ? p + 1 - p0 : colof(col, p + 1)];
+      const float x2 = x[kDense ? p + 2 - p0 : colof(col, p + 2)], x3 = x[kDense ? p + 3 - p0 : colof(col, p + 3)];
+      acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(val + 4 * p), _mm256_set_m128(_mm_set1_ps(x1), _mm_set1_ps(x0)), acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(val + 4 * p + 8), _mm256_set_m128(_mm_set1_ps(x3), _mm_set1_ps(x2)), acc1);
+    }
+    const __m256 s = _mm256_add_ps(acc0, acc1);
+    _mm_storeu_ps(a, _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
+#endif
+    for (; p < p1; ++p) {
+      const float x0 = x[kDense ? p - p0 : colof(col, p)];
+      const float* v = val + 4 * p;
+      for (int r = 0; r < 4; ++r) a[r] += v[r] * x0;
+    }
+    for (int64_t r = 0; r < 4; ++r)
+      if (4 * g + r < N) y[4 * g + r] = a[r];
+  }
+}
+
+int64_t groups_of(int64_t N) { return (N + 3) / 4; }
+
+at::Tensor group4_spmm(const at::Tensor& gptr, const at::Tensor& colidx, const at::Tensor& values,
+                       const at::Tensor& B, int64_t N) {
+  const int64_t G = groups_of(N);
+  check_index(gptr, colidx, G);
+  check_f32(values, "values");
+  check_f32(B, "B");
+  TORCH_CHECK(B.dim() == 2, "B must be 2-D (K x P)");
+  TORCH_CHECK(values.numel() == 4 * colidx.numel(), "1x4 values must hold 4 weights per stored column");
+  const int64_t K = B.size(0), P = B.size(1);
+  auto C = at::empty({N, P}, B.options());
+  if (N == 0 || P == 0) return C;
+  const int32_t* ptr = gptr.data_ptr<int32_t>();
+  const float* val = values.data_ptr<float>();
+  const float* b = B.data_ptr<float>();
+  float* c = C.data_ptr<float>();
+  const bool narrow = colidx.scalar_type() == at::kShort;
+  const void* col = colidx.data_ptr();
+  for_blocks(G, 4, [&](int64_t g0, int64_t g1) {
+    if (narrow) group4_rows<false>(ptr, static_cast<const int16_t*>(col), val, b, c, N, K, P, g0, g1);
+    else group4_rows<false>(ptr, static_cast<const int32_t*>(col), val, b, c, N, K, P, g0, g1);
+  });
+  return C;
+}
+
+at::Tensor group4_spmv(const at::Tensor& gptr, const at::Tensor& colidx, const at::Tensor& values,
+                       const at::Tensor& x, int64_t N) {
+  const int64_t G = groups_of(N);
+  check_index(gptr, colidx, G);
+  check_f32(values, "values");
+  check_f32(x, "x");
+  TORCH_CHECK(x.dim() == 1, "x must be 1-D (K)");
+  TORCH_CHECK(values.numel() == 4 * colidx.numel(), "1x4 values must hold 4 weights per stored column");
+  auto y = at::empty({N}, x.options());
+  if (N == 0) return y;
+  const int32_t* ptr = gptr.data_ptr<int32_t>();
+  const float* val = values.data_ptr<float>();
+  const float* xv = x.data_ptr<float>();
+  float* yv = y.data_ptr<float>();
+  const bool narrow = colidx.scalar_type() == at::kShort;
+  const void* col = colidx.data_ptr();
+  const int64_t K = x.numel();
+  for_blocks(G, 16, [&](int64_t g0, int64_t g1) {
+    if (narrow) group4_vec<false>(ptr, static_cast<const int16_t*>(col), val, xv, yv, N, K, g0, g1);
+    else group4_vec<false>(ptr, static_cast<const int32_t*>(col), val, xv, yv, N, K, g0, g1);
+  });
+  return y;
+}
+
+void check_w4(const at::Tensor& W4, int64_t N, int64_t K) {
+  check_f32(W4, "W4");
+  TORCH_CHECK(W4.dim() == 3 && W4.size(0) == groups_of(N) && W4.size(1) == K && W4.size(2) == 4,
+              "W4 must be W packed as [ceil(N/4), K, 4]; got ", W4.sizes());
+}
+
+at::Tensor dense4_spmm(const at::Tensor& W4, const at::Tensor& B, int64_t N) {
+  check_f32(B, "B");
+  TORCH_CHECK(B.dim() == 2, "B must be 2-D (K x P)");
+  const int64_t K = B.size(0), P = B.size(1), G = groups_of(N);
+  check_w4(W4, N, K);
+  auto C = at::empty({N, P}, B.options());
+  if (N == 0 || P == 0) return C;
+  const float* val = W4.data_ptr<float>();
+  const float* b = B.data_ptr<float>();
+  float* c = C.data_ptr<float>();
+  for_blocks(G, 4, [&](int64_t g0, int64_t g1) {
+    group4_rows<true, int32_t>(nullptr, nullptr, val, b, c, N, K, P, g0, g1);
+  });
+  return C;
+}
+
+at::Tensor dense4_spmv(const at::Tensor& W4, const at::Tensor& x, int64_t N) {
+  check_f32(x, "x");
+  TORCH_CHECK(x.dim() == 1, "x must be 1-D (K)");
+  const int64_t K = x.numel(), G = groups_of(N);
+  check_w4(W4, N, K);
+  auto y = at::empty({N}, x.options());
+  if (N == 0) return y;
+  const float* val = W4.data_ptr<float>();
+  const float* xv = x.data_ptr<float>();
+  float* yv = y.data_ptr<float>();
+  for_blocks(G, 16, [&](int64_t g0, int64_t g1) {
+    group4_vec<true, int32_t>(nullptr, nullptr, val, xv, yv, N, K, g0, g1);
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(effnb, m) {
+  m.def("sparse_spmm(Tensor rowptr, Tensor colidx, Tensor values, Tensor B, int N) -> Tensor");
+  m.def("sparse_spmv(Tensor rowptr, Tensor colidx, Tensor values, Tensor x, int N) -> Tensor");
+  m.def("group4_spmm(Tensor gptr, Tensor colidx, Tensor values, Tensor B, int N) -> Tensor");
+  m.def("group4_spmv(Tensor gptr, Tensor colidx, Tensor values, Tensor x, int N) -> Tensor");
+  m.def("dense4_spmm(Tensor W4, Tensor B, int N) -> Tensor");
+  m.def("dense4_spmv(Tensor W4, Tensor x, int N) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(effnb, CPU, m) {
+  m.impl("sparse_spmm", &sparse_spmm);
+  m.impl("sparse_spmv", &sparse_spmv);
+  m.impl("group4_spmm", &group4_spmm);
+  m.impl("group4_spmv", &group4_spmv);
+  m.impl("dense4_spmm", &dense4_spmm);
+  m.impl("dense4_spmv", &dense4_spmv);
+}
