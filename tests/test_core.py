@@ -11,6 +11,7 @@ from effnb import bench, chapter, claims, provenance, threads
 
 # --- bench -----------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore::effnb.bench.SpreadWarning")
 def test_measure_reports_median_iqr_and_compile_apart():
     calls = []
 
