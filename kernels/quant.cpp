@@ -1,0 +1,499 @@
+// Weight-only (W8A16, W4A16) and integer (W8A8, W4A8) linear layers as torch custom operators.
+//
+//   torch.ops.effnb.quant_w8_linear(x, q, scales, a8)                  -> y = x @ W^T
+//   torch.ops.effnb.quant_w4_linear(x, packed, scales, zeros, group, a8) -> y = x @ W^T
+//
+// x is fp32 [M, K]; y is fp32 [M, N]. effnb/quant.py builds the packed weights
+// and explains the formats; in short:
+//
+// int8, per output channel:  W[n, k] = scales[n] * q[n, k],  q int8 in [-127, 127], [N, Kp]
+// int4, per group of G:      W[n, k] = scales[n, g] * (u[n, k] - zeros[n, g]),  g = k / G
+//   u in [0, 15]; symmetric schemes have no zeros tensor (zero = 8 everywhere);
+//   scales are fp16 [N, Kp/G], zeros uint8 [N, Kp/G].
+//   Nibble layout, chosen so that AVX2 unpacks 32 weights with two instructions:
+//   every block of 64 weights is 32 bytes; byte j holds weight j in its low
+//   nibble and weight 32 + j in its high nibble. (v & 0xF) is then weights
+//   0..31 in order and ((v >> 4) & 0xF) weights 32..63.
+// Kp is K rounded up (to 32 for int8, to a multiple of 64 and of G for int4);
+// the padding weights are zero and x is padded with zeros here.
+//
+// a8 = false (W8A16 / W4A16): weights are turned into fp32 on the fly and
+//   multiplied with fp32 activations (fp32 accumulation).
+// a8 = true (W8A8 / W4A8): activations are first quantized to int8, per token
+//   (W8A8: one scale per row of x) or per token and group (W4A8: one scale per
+//   G activations), then the dot products run on 8-bit integers:
+//   _mm256_maddubs_epi16 multiplies unsigned by signed bytes and adds pairs
+//   into int16, _mm256_madd_epi16 with ones widens to int32. The int4 weights
+//   are unsigned already (u in [0, 15]), so u * a needs no trick; the zero point
+//   is taken out afterwards with the group sum of a:  sum (u - z) a = sum u a - z sum a.
+//   int8 weights are signed, so we use the sign trick |w| * sign(a, w) = w * a.
+//   No int16 overflow: 15 * 127 * 2 and 127 * 127 * 2 are below 32767.
+//
+// Threads: OpenMP over output rows n (each thread owns whole rows, so no
+// reduction), handed out 16 rows at a time as threads become free
+// (schedule(dynamic)): on a shared machine a thread that loses its core for a
+// moment does not make the others wait for its fixed share.
+// int4: each row is walked once per tile of up to 4 tokens; every 64-weight
+// block is unpacked in registers and used for all tokens of the tile.
+// int8: the row is taken 256 weights at a time into an L1 buffer (|w| for the
+// integer path, fp32 for the A16 path) and used for every token.
+//
+// Paths: AVX2 when the library is built for x86-64-v3 or higher (this is
+// decided at compile time; the build is per CPU feature set), plain C++
+// loops otherwise. There is no AVX-512 VNNI path yet.
+
+#include <torch/library.h>
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define EFFNB_QAVX2 1
+#elif defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+// ---------------------------------------------------------------- checks
+
+void check_cpu_contig(const at::Tensor& t, const char* name, at::ScalarType dt) {
+  TORCH_CHECK(t.device().is_cpu(), "effnb quant: ", name, " must be on the CPU; pass ", name, ".cpu()");
+  TORCH_CHECK(t.scalar_type() == dt, "effnb quant: ", name, " must be ", dt, ", got ", t.scalar_type(),
+              "; build it with effnb.quant.quantize(...)");
+  TORCH_CHECK(t.is_contiguous(), "effnb quant: ", name, " must be contiguous; pass ", name, ".contiguous()");
+}
+
+void check_x(const at::Tensor& x, int64_t kp) {
+  TORCH_CHECK(x.device().is_cpu(), "effnb quant: x must be on the CPU");
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "effnb quant: x must be float32, got ", x.scalar_type(),
+              "; pass x.float()");
+  TORCH_CHECK(x.dim() == 2, "effnb quant: x must be 2-D [M, K], got ", x.dim(), " dims");
+  TORCH_CHECK(x.is_contiguous(), "effnb quant: x must be contiguous; pass x.contiguous()");
+  TORCH_CHECK(x.size(1) <= kp,
+              "effnb quant: x has K=", x.size(1), " columns but the weight was packed for K padded to ", kp);
+}
+
+// x [M, K] -> xp [M, Kp], zero padded (so every kernel can run whole blocks)
+std::vector<float> pad_rows(const at::Tensor& x, int64_t kp) {
+  const int64_t m = x.size(0), k = x.size(1);
+  std::vector<float> xp(static_cast<size_t>(m * kp), 0.0f);
+  const float* px = x.data_ptr<float>();
+  for (int64_t i = 0; i < m; ++i) std::copy(px + i * k, px + (i + 1) * k, xp.data() + i * kp);
+  return xp;
+}
+
+// ---------------------------------------------------------------- activations to int8
+//
+// Symmetric, one scale per block of `block` values of a row: s = max|x| / 127,
+// q = round-half-even(x * (127 / max|x|)). sums[] keeps the sum of q per block
+// (the zero-point correction of int4 weights needs it).
+
+void quantize_acts(const float* xp, int64_t m, int64_t kp, int64_t block, int8_t* q, float* s, int32_t* sums) {
+  const int64_t nb = kp / block;
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* v = xp + i * kp + b * block;
+      float amax = 0.0f;
+      for (int64_t j = 0; j < block; ++j) amax = std::max(amax, std::fabs(v[j]));
+      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+      int32_t total = 0;
+      int8_t* out = q + i * kp + b * block;
+      for (int64_t j = 0; j < block; ++j) {
+        const float r = std::nearbyint(v[j] * inv);
+        const int32_t c = static_cast<int32_t>(std::min(127.0f, std::max(-127.0f, r)));
+        out[j] = static_cast<int8_t>(c);
+        total += c;
+      }
+      s[i * nb + b] = amax / 127.0f;
+      sums[i * nb + b] = total;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- small helpers
+
+#if defined(EFFNB_QAVX2)
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+inline int32_t hsum_i32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+#endif
+
+// fp16 scale -> fp32: one F16C instruction where available (c10's portable
+// conversion is a dozen integer instructions, paid once per group per row)
+inline float half_to_float(const at::Half& h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h.x);
+#else
+  return static_cast<float>(h);
+#endif
+}
+
+// ---------------------------------------------------------------- int8 row kernel
+//
+// One output row against a tile of up to 4 tokens, 32 weights at a time, all in
+// registers. a8: |w| * sign(a, w) with maddubs, widened to int32 at once (a
+// single maddubs result can reach 2 * 127 * 127 = 32258, so no int16 sums);
+// the int32 total of the row is scaled once. a16: int8 -> fp32, fma with x.
+
+struct Int8Args {
+  const int8_t* w;
+  const float* scales;
+  int64_t kp;
+  const float* xp;
+  const int8_t* xq;
+  const float* xs;
+};
+
+template <int MT>
+void int8_tile(const Int8Args& A, int64_t row, int64_t i0, bool a8, float* py, int64_t n) {
+  const int8_t* w = A.w + row * A.kp;
+  const float sw = A.scales[row];
+#if defined(EFFNB_QAVX2)
+  if (a8) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[MT];
+    for (int t = 0; t < MT; ++t) acc[t] = _mm256_setzero_si256();
+    for (int64_t k = 0; k < A.kp; k += 32) {
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
+      const __m256i wa = _mm256_abs_epi8(wv);
+      for (int t = 0; t < MT; ++t) {
+        const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(A.xq + (i0 + t) * A.kp + k));
+        const __m256i p = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(a, wv));
+        acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(p, ones));
+      }
+    }
+    for (int t = 0; t < MT; ++t)
+      py[(i0 + t) * n + row] = sw * A.xs[i0 + t] * static_cast<float>(hsum_i32(acc[t]));
+  } else {
+    __m256 acc[MT];
+    for (int t = 0; t < MT; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < A.kp; k += 32) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
+      const __m128i va = _mm256_castsi256_si128(v), vb = _mm256_extracti128_si256(v, 1);
+      const __m256 f0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(va));
+      const __m256 f1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(va, 8)));
+      const __m256 f2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(vb));
+      const __m256 f3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(vb, 8)));
+      for (int t = 0; t < MT; ++t) {
+        const float* x = A.xp + (i0 + t) * A.kp + k;
+        acc[t] = _mm256_fmadd_ps(f0, _mm256_loadu_ps(x), acc[t]);
+        acc[t] = _mm256_fmadd_ps(f1, _mm256_loadu_ps(x + 8), acc[t]);
+        acc[t] = _mm256_fmadd_ps(f2, _mm256_loadu_ps(x + 16), acc[t]);
+        acc[t] = _mm256_fmadd_ps(f3, _mm256_loadu_ps(x + 24), acc[t]);
+      }
+    }
+    for (int t = 0; t < MT; ++t) py[(i0 + t) * n + row] = sw * hsum(acc[t]);
+  }
+#else
+  for (int t = 0; t < MT; ++t) {
+    const int64_t i = i0 + t;
+    if (a8) {
+      int32_t d = 0;
+      for (int64_t k = 0; k < A.kp; ++k) d += static_cast<int32_t>(w[k]) * A.xq[i * A.kp + k];
+      py[i * n + row] = sw * A.xs[i] * static_cast<float>(d);
+    } else {
+      float d = 0.0f;
+      for (int64_t k = 0; k < A.kp; ++k) d += static_cast<float>(w[k]) * A.xp[i * A.kp + k];
+      py[i * n + row] = sw * d;
+    }
+  }
+#endif
+}
+
+// ---------------------------------------------------------------- int8 weights
+
+at::Tensor quant_w8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, bool a8) {
+  check_cpu_contig(q, "q", at::kChar);
+  check_cpu_contig(scales, "scales", at::kFloat);
+  TORCH_CHECK(q.dim() == 2 && q.size(1) % 32 == 0, "effnb quant: q must be [N, Kp] with Kp a multiple of 32");
+  const int64_t n = q.size(0), kp = q.size(1);
+  TORCH_CHECK(scales.numel() == n, "effnb quant: scales must have one value per output row (", n, ")");
+  TORCH_CHECK(kp < (int64_t{1} << 17), "effnb quant: K=", kp, " is too long for int32 accumulation");
+  check_x(x, kp);
+  const int64_t m = x.size(0);
+  at::Tensor y = at::empty({m, n}, x.options());
+  if (m == 0 || n == 0) return y;
+  const std::vector<float> xp = pad_rows(x, kp);
+  std::vector<int8_t> xq;
+  std::vector<float> xs;
+  std::vector<int32_t> xsum;
+  if (a8) {
+    xq.resize(m * kp);
+    xs.resize(m);
+    xsum.resize(m);
+    quantize_acts(xp.data(), m, kp, kp, xq.data(), xs.data(), xsum.data());
+  }
+  const int8_t* pq = q.data_ptr<int8_t>();
+  const float* ps = scales.data_ptr<float>();
+  float* py = y.data_ptr<float>();
+  const Int8Args args{pq, ps, kp, xp.data(), xq.data(), xs.data()};
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t row = 0; row < n; ++row) {
+    for (int64_t i0 = 0; i0 < m; i0 += 4) {
+      switch (std::min<int64_t>(4, m - i0)) {
+        case 1: int8_tile<1>(args, row, i0, a8, py, n); break;
+        case 2: int8_tile<2>(args, row, i0, a8, py, n); break;
+        case 3: int8_tile<3>(args, row, i0, a8, py, n); break;
+        default: int8_tile<4>(args, row, i0, a8, py, n); break;
+      }
+    }
+  }
+  return y;
+}
+
+
+// ---------------------------------------------------------------- int4 row kernel
+//
+// One output row against a tile of up to 4 tokens, walking the packed row once:
+// each 64-weight block is unpacked in registers (and, shift, and) and used for
+// every token of the tile, so nothing is written back to memory. Chunk c of 32
+// weights belongs to group c / (G/32); when a group ends its partial sums are
+// scaled and added to the token's accumulator.
+//   a8:  int16 sums of maddubs (at most 8 chunks: 8 * 2 * 15 * 127 < 32767), then
+//        madd to int32, to fp32, times s_w * s_a.
+//   a16: u converted to fp32 (the dequantization QServe measures), fma with x.
+
+struct Int4Args {
+  const uint8_t* w;
+  const at::Half* scales;
+  const uint8_t* zeros;
+  int64_t kp, ng, group;
+  const float* xp;
+  const float* xsumf;
+  const int8_t* xq;
+  const float* xs;
+  const int32_t* xsum;
+  const float* xc;  // xs * xsum per token and group: the zero-point correction
+};
+
+template <int MT>
+void int4_tile(const Int4Args& A, int64_t row, int64_t i0, bool a8, float* py, int64_t n) {
+  const uint8_t* w = A.w + row * (A.kp / 2);
+  const int64_t cpg = A.group / 32;  // chunks per group
+  const int64_t nchunks = A.kp / 32;
+  float corr[MT] = {0};
+#if defined(EFFNB_QAVX2)
+  const __m256i mask = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[MT];
+  for (int t = 0; t < MT; ++t) acc[t] = _mm256_setzero_ps();
+  if (a8 && A.group % 64 == 0) {
+    // groups of whole 64-weight blocks: one load gives two chunks of the same group
+    const int64_t bpg = A.group / 64;
+    for (int64_t g = 0; g < A.ng; ++g) {
+      const float sw = half_to_float(A.scales[row * A.ng + g]);
+      const uint8_t* wg = w + g * (A.group / 2);
+      for (int64_t b0 = 0; b0 < bpg; b0 += 4) {  // 4 blocks = 8 maddubs per int16 sum at most
+        __m256i s16[MT];
+        for (int t = 0; t < MT; ++t) s16[t] = _mm256_setzero_si256();
+        const int64_t b1 = std::min(bpg, b0 + 4);
+        for (int64_t b = b0; b < b1; ++b) {
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg + 32 * b));
+          const __m256i lo = _mm256_and_si256(v, mask);
+          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+          for (int t = 0; t < MT; ++t) {
+            const int8_t* a = A.xq + (i0 + t) * A.kp + g * A.group + 64 * b;
+            const __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)));
+            const __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + 32)));
+            s16[t] = _mm256_add_epi16(s16[t], _mm256_add_epi16(p0, p1));
+          }
+        }
+        for (int t = 0; t < MT; ++t) {
+          const float sc = sw * A.xs[(i0 + t) * A.ng + g];
+          acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s16[t], ones)), _mm256_set1_ps(sc), acc[t]);
+        }
+      }
+      const float swz = sw * (A.zeros ? static_cast<float>(A.zeros[row * A.ng + g]) : 8.0f);
+      for (int t = 0; t < MT; ++t) corr[t] += swz * A.xc[(i0 + t) * A.ng + g];
+    }
+  } else if (a8) {
+    __m256i s16[MT];
+    for (int t = 0; t < MT; ++t) s16[t] = _mm256_setzero_si256();
+    int64_t g = 0, in_group = 0, pending = 0;
+    for (int64_t c = 0; c < nchunks; ++c) {
+      __m256i u;
+      if ((c & 1) == 0) {
+        u = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 16 * c)), mask);
+      } else {
+        u = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 16 * (c - 1))), 4), mask);
+      }
+      for (int t = 0; t < MT; ++t) {
+        const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(A.xq + (i0 + t) * A.kp + 32 * c));
+        s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(u, a));
+      }
+      ++in_group;
+      ++pending;
+      const bool end = in_group == cpg;
+      if (end || pending == 8) {
+        const float sw = half_to_float(A.scales[row * A.ng + g]);
+        for (int t = 0; t < MT; ++t) {
+          const float sc = sw * A.xs[(i0 + t) * A.ng + g];
+          acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s16[t], ones)), _mm256_set1_ps(sc), acc[t]);
+          s16[t] = _mm256_setzero_si256();
+        }
+        pending = 0;
+        if (end) {
+          const float z = A.zeros ? static_cast<float>(A.zeros[row * A.ng + g]) : 8.0f;
+          const float swz = sw * z;
+          for (int t = 0; t < MT; ++t) corr[t] += swz * A.xc[(i0 + t) * A.ng + g];
+          ++g;
+          in_group = 0;
+        }
+      }
+    }
+  } else {
+    __m256 s[MT];
+    for (int t = 0; t < MT; ++t) s[t] = _mm256_setzero_ps();
+    int64_t g = 0, in_group = 0;
+    for (int64_t c = 0; c < nchunks; ++c) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 16 * (c & ~int64_t{1})));
+      const __m256i u = (c & 1) == 0 ? _mm256_and_si256(v, mask) : _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+      const __m128i ua = _mm256_castsi256_si128(u), ub = _mm256_extracti128_si256(u, 1);
+      const __m256 f0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(ua));
+      const __m256 f1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(ua, 8)));
+      const __m256 f2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(ub));
+      const __m256 f3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(ub, 8)));
+      for (int t = 0; t < MT; ++t) {
+        const float* x = A.xp + (i0 + t) * A.kp + 32 * c;
+        s[t] = _mm256_fmadd_ps(f0, _mm256_loadu_ps(x), s[t]);
+        s[t] = _mm256_fmadd_ps(f1, _mm256_loadu_ps(x + 8), s[t]);
+        s[t] = _mm256_fmadd_ps(f2, _mm256_loadu_ps(x + 16), s[t]);
+        s[t] = _mm256_fmadd_ps(f3, _mm256_loadu_ps(x + 24), s[t]);
+      }
+      if (++in_group == cpg) {
+        const float sw = half_to_float(A.scales[row * A.ng + g]);
+        const float z = A.zeros ? static_cast<float>(A.zeros[row * A.ng + g]) : 8.0f;
+        for (int t = 0; t < MT; ++t) {
+          acc[t] = _mm256_fmadd_ps(s[t], _mm256_set1_ps(sw), acc[t]);
+          s[t] = _mm256_setzero_ps();
+          corr[t] += sw * z * A.xsumf[(i0 + t) * A.ng + g];
+        }
+        ++g;
+        in_group = 0;
+      }
+    }
+  }
+  for (int t = 0; t < MT; ++t) py[(i0 + t) * n + row] = hsum(acc[t]) - corr[t];
+#else
+  // plain loops: the same arithmetic, one weight at a time
+  float acc[MT] = {0};
+  for (int64_t g = 0; g < A.ng; ++g) {
+    const float sw = half_to_float(A.scales[row * A.ng + g]);
+    const float z = A.zeros ? static_cast<float>(A.zeros[row * A.ng + g]) : 8.0f;
+    for (int t = 0; t < MT; ++t) {
+      const int64_t i = i0 + t;
+      if (a8) {
+        int32_t d = 0;
+        for (int64_t k = g * A.group; k < (g + 1) * A.group; ++k) {
+          const uint8_t byte = w[(k / 64) * 32 + (k % 32)];
+          const int32_t u = (k % 64) < 32 ? (byte & 0x0F) : (byte >> 4);
+          d += u * A.xq[i * A.kp + k];
+        }
+        const float sc = sw * A.xs[i * A.ng + g];
+        acc[t] += sc * static_cast<float>(d);
+        corr[t] += sc * z * static_cast<float>(A.xsum[i * A.ng + g]);
+      } else {
+        float d = 0.0f;
+        for (int64_t k = g * A.group; k < (g + 1) * A.group; ++k) {
+          const uint8_t byte = w[(k / 64) * 32 + (k % 32)];
+          const float u = static_cast<float>((k % 64) < 32 ? (byte & 0x0F) : (byte >> 4));
+          d += u * A.xp[i * A.kp + k];
+        }
+        acc[t] += sw * d;
+        corr[t] += sw * z * A.xsumf[i * A.ng + g];
+      }
+    }
+  }
+  for (int t = 0; t < MT; ++t) py[(i0 + t) * n + row] = acc[t] - corr[t];
+#endif
+}
+
+// ---------------------------------------------------------------- int4 weights
+
+at::Tensor quant_w4_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
+                           const at::Tensor& zeros, int64_t group, bool a8) {
+  check_cpu_contig(packed, "packed", at::kByte);
+  check_cpu_contig(scales, "scales", at::kHalf);
+  TORCH_CHECK(group >= 32 && group % 32 == 0, "effnb quant: group must be a multiple of 32, got ", group);
+  TORCH_CHECK(packed.dim() == 2, "effnb quant: packed must be [N, Kp/2]");
+  const int64_t n = packed.size(0), kp = packed.size(1) * 2;
+  TORCH_CHECK(kp % 64 == 0 && kp % group == 0, "effnb quant: packed K=", kp,
+              " must be a multiple of 64 and of the group ", group);
+  const int64_t ng = kp / group;
+  TORCH_CHECK(scales.dim() == 2 && scales.size(0) == n && scales.size(1) == ng,
+              "effnb quant: scales must be [N, Kp/group] = [", n, ", ", ng, "]");
+  const bool has_zero = zeros.numel() > 0;
+  if (has_zero) {
+    check_cpu_contig(zeros, "zeros", at::kByte);
+    TORCH_CHECK(zeros.dim() == 2 && zeros.size(0) == n && zeros.size(1) == ng,
+                "effnb quant: zeros must be [N, Kp/group] = [", n, ", ", ng, "] or empty");
+  }
+  check_x(x, kp);
+  const int64_t m = x.size(0);
+  at::Tensor y = at::empty({m, n}, x.options());
+  if (m == 0 || n == 0) return y;
+  const std::vector<float> xp = pad_rows(x, kp);
+  // per token and group: activation scale and sum (the sum takes out the zero point)
+  std::vector<int8_t> xq;
+  std::vector<float> xs, xsumf(m * ng);
+  std::vector<int32_t> xsum;
+  if (a8) {
+    xq.resize(m * kp);
+    xs.resize(m * ng);
+    xsum.resize(m * ng);
+    quantize_acts(xp.data(), m, kp, group, xq.data(), xs.data(), xsum.data());
+  } else {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t g = 0; g < ng; ++g) {
+        float s = 0.0f;
+        for (int64_t j = 0; j < group; ++j) s += xp[i * kp + g * group + j];
+        xsumf[i * ng + g] = s;
+      }
+  }
+  const uint8_t* pw = packed.data_ptr<uint8_t>();
+  const at::Half* psc = scales.data_ptr<at::Half>();
+  const uint8_t* pz = has_zero ? zeros.data_ptr<uint8_t>() : nullptr;
+  float* py = y.data_ptr<float>();
+  std::vector<float> xc(a8 ? m * ng : 0);
+  for (size_t j = 0; j < xc.size(); ++j) xc[j] = xs[j] * static_cast<float>(xsum[j]);
+  const Int4Args args{pw, psc, pz, kp, ng, group, xp.data(), xsumf.data(), xq.data(), xs.data(), xsum.data(), xc.data()};
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t row = 0; row < n; ++row) {
+    for (int64_t i0 = 0; i0 < m; i0 += 4) {
+      const int64_t mt = std::min<int64_t>(4, m - i0);
+      switch (mt) {
+        case 1: int4_tile<1>(args, row, i0, a8, py, n); break;
+        case 2: int4_tile<2>(args, row, i0, a8, py, n); break;
+        case 3: int4_tile<3>(args, row, i0, a8, py, n); break;
+        default: int4_tile<4>(args, row, i0, a8, py, n); break;
+      }
+    }
+  }
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(effnb, m) {
+  m.def("quant_w8_linear(Tensor x, Tensor q, Tensor scales, bool a8) -> Tensor");
+  m.def("quant_w4_linear(Tensor x, Tensor packed, Tensor scales, Tensor zeros, int group, bool a8) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(effnb, CPU, m) {
+  m.impl("quant_w8_linear", &quant_w8_linear);
+  m.impl("quant_w4_linear", &quant_w4_linear);
+}
