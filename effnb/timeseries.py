@@ -15,7 +15,10 @@ copies of the input, so the kernels here are Numba loops that are:
 * parallel over series (``prange``) with ``n_jobs`` Numba threads.
 
 ``SelectedRocket`` computes only the kernels behind a kept subset of features
-(LightWaveS-style selection, :func:`select_features`), and ``ContinualTCN``
+(LightWaveS-style selection, :func:`select_features`, optionally restricted
+to the channels :func:`select_channels` keeps); ``WaveletRocket`` adds ROCKET
+features of a multilevel Haar wavelet decomposition (:func:`haar_dwt`) and
+``SelectedWaveletRocket`` computes only the kept ones, and ``ContinualTCN``
 runs a causal dilated conv net one time step at a time from ring buffers,
 exactly equal to the offline network. ``effnb.timeseries_ref`` holds the plain
 float64 references the tests compare against.
@@ -171,6 +174,28 @@ def _rocket_transform(X, kids, lengths, biases, dils, pads, nchs, c_off, chans, 
     return out
 
 
+@njit(cache=True, fastmath=True, parallel=True)
+def _rocket_transform_bands(X, starts, lens, kband, lengths, biases, dils, pads, nchs, c_off, chans, w_off, w):
+    """Like ``_rocket_transform`` for kernels that each read one band: band b of series i is
+    ``X[i, :, starts[b]:starts[b] + lens[b]]`` (bands laid end to end). One parallel region for all bands."""
+    n = X.shape[0]
+    nk = lengths.shape[0]
+    out = np.empty((n, 2 * nk), dtype=np.float32)
+    maxout = 1
+    for k in range(nk):
+        maxout = max(maxout, lens[kband[k]] + 2 * pads[k] - (lengths[k] - 1) * dils[k])
+    for i in prange(n):
+        buf = np.empty(maxout, dtype=np.float32)
+        for k in range(nk):
+            b = kband[k]
+            x = X[i, :, starts[b]:starts[b] + lens[b]]
+            p, m = _rocket_kernel(x, chans, c_off[k], nchs[k], w, w_off[k], lengths[k], biases[k],
+                                  dils[k], pads[k], buf)
+            out[i, 2 * k] = p
+            out[i, 2 * k + 1] = m
+    return out
+
+
 def rocket_kernels(n_kernels: int, n_channels: int, length: int, seed=None) -> dict:
     """Random ROCKET kernels (length 7/9/11, centred normal weights, uniform bias, exponential dilation).
 
@@ -260,13 +285,16 @@ class SelectedRocket(TransformerMixin, BaseEstimator):
     """The features ``features`` of a fitted ``Rocket``, computing only the kernels behind them.
 
     Feature ``f`` of ROCKET is kernel ``f // 2`` (PPV if even, max if odd); a
-    kernel behind two kept features is computed once.
+    kernel behind two kept features is computed once. ``channels`` (optional):
+    the channels kept by channel selection; every kept kernel must read only
+    these, and ``transform`` then normalises and reads only them.
     """
 
-    def __init__(self, rocket: Rocket | None = None, features=None, n_jobs: int = 1):
+    def __init__(self, rocket: Rocket | None = None, features=None, n_jobs: int = 1, channels=None):
         self.rocket = rocket
         self.features = features
         self.n_jobs = n_jobs
+        self.channels = channels
 
     def fit(self, X=None, y=None):
         if self.rocket is None or not hasattr(self.rocket, "kernels_"):
@@ -277,14 +305,209 @@ class SelectedRocket(TransformerMixin, BaseEstimator):
         self.kernel_ids_, inv = np.unique(f // 2, return_inverse=True)
         self.columns_ = 2 * inv + f % 2
         self.input_shape_ = self.rocket.input_shape_
+        self.kernels_ = self.rocket.kernels_
+        self.channels_ = None
+        if self.channels is not None:
+            C = self.input_shape_[0]
+            chans = np.unique(np.asarray(self.channels, dtype=np.int64).ravel())
+            if chans.size == 0 or chans.min() < 0 or chans.max() >= C:
+                raise ValueError(f"channels must be non-empty indices in [0, {C})")
+            k = self.rocket.kernels_
+            lookup = np.full(C, -1, dtype=np.int64)
+            lookup[chans] = np.arange(chans.size)
+            for kid in self.kernel_ids_:
+                if np.any(lookup[k["chans"][k["c_off"][kid]:k["c_off"][kid] + k["nchs"][kid]]] < 0):
+                    raise ValueError(f"kernel {kid} reads a channel outside `channels`; select features "
+                                     "among the kept channels' kernels (select_features(..., channels=...))")
+            self.kernels_ = dict(k, chans=np.maximum(lookup[k["chans"]], 0))   # dropped channels never read
+            self.channels_ = chans
         return self
 
     def transform(self, X):
         _check_fitted(self, "kernel_ids_")
-        X = self.rocket._prepare(X)
+        r = self.rocket
+        X = as_panel(X, min_length=r.min_length)
+        _check_shape(self, X)
+        if self.channels_ is not None:
+            X = np.ascontiguousarray(X[:, self.channels_])
+        X = _normalise(X) if r.normalise else X.astype(np.float32)
         with _threads(self.n_jobs):
-            full = _rocket_apply(self.rocket.kernels_, X, self.kernel_ids_)
+            full = _rocket_apply(self.kernels_, X, self.kernel_ids_)
         return full[:, self.columns_]
+
+
+# ------------------------------------------------------------------ wavelet features (LightWaveS-style)
+
+def haar_dwt(X: np.ndarray, levels: int):
+    """Multilevel orthonormal Haar DWT along the last axis: (approximation, [detail_1, ..., detail_levels]).
+
+    One level maps pairs (x[2i], x[2i+1]) to a = (x[2i] + x[2i+1]) / sqrt(2)
+    and d = (x[2i] - x[2i+1]) / sqrt(2): an orthonormal change of basis, so
+    energy is preserved and ``haar_idwt`` reconstructs exactly. An odd length
+    is first padded with its last value. Level j has about L / 2**j points.
+    """
+    a = np.asarray(X, dtype=np.float64)
+    if levels < 0:
+        raise ValueError(f"levels must be >= 0 (got {levels})")
+    details = []
+    s = 1 / math.sqrt(2)
+    for _ in range(levels):
+        if a.shape[-1] < 2:
+            raise ValueError(f"series too short for {levels} Haar levels; use fewer levels")
+        if a.shape[-1] % 2:
+            a = np.concatenate([a, a[..., -1:]], axis=-1)
+        even, odd = a[..., 0::2], a[..., 1::2]
+        details.append((even - odd) * s)
+        a = (even + odd) * s
+    return a, details
+
+
+def haar_idwt(approx: np.ndarray, details, length: int) -> np.ndarray:
+    """Inverse of ``haar_dwt`` for a series of original ``length`` (drops the odd-length padding)."""
+    lengths = [int(length)]
+    for _ in details[:-1]:
+        lengths.append((lengths[-1] + 1) // 2)
+    a = np.asarray(approx, dtype=np.float64)
+    s = 1 / math.sqrt(2)
+    for d, n in zip(reversed(details), reversed(lengths)):
+        x = np.empty(a.shape[:-1] + (2 * a.shape[-1],))
+        x[..., 0::2] = (a + d) * s
+        x[..., 1::2] = (a - d) * s
+        a = x[..., :n]
+    return a
+
+
+def wavelet_bands(X: np.ndarray, levels: int) -> list:
+    """[raw, detail_1, ..., detail_levels, approx_levels]: the signals WaveletRocket convolves."""
+    if levels == 0:
+        return [np.asarray(X)]
+    a, ds = haar_dwt(X, levels)
+    return [np.asarray(X)] + ds + [a]
+
+
+class WaveletRocket(TransformerMixin, BaseEstimator):
+    """ROCKET on the raw series and on its Haar wavelet sub-bands (a simple form of LightWaveS's wavelet step).
+
+    Each band (raw, the detail coefficients of levels 1..J, the level-J
+    approximation) gets its own ``num_kernels`` random kernels, drawn for that
+    band's length; the features are the bands' ROCKET features side by side.
+    ``levels`` is capped so that every band keeps at least 11 points
+    (``levels_`` after fit). Band 0 uses ``random_state`` itself, so its features
+    equal ``Rocket(num_kernels, random_state=random_state)``'s.
+    """
+
+    def __init__(self, num_kernels: int = 10_000, levels: int = 2, random_state=None, n_jobs: int = 1):
+        self.num_kernels = num_kernels
+        self.levels = levels
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+
+    def fit(self, X, y=None):
+        X = as_panel(X, min_length=Rocket.min_length)
+        L, J = X.shape[2], 0
+        while J < int(self.levels) and math.ceil(L / 2 ** (J + 1)) >= Rocket.min_length:
+            J += 1
+        self.levels_ = J
+        self.input_shape_ = X.shape[1:]
+        seed = self.random_state
+        self.rockets_ = [Rocket(self.num_kernels, random_state=None if seed is None else seed + 7919 * b,
+                                n_jobs=self.n_jobs).fit(band) for b, band in enumerate(wavelet_bands(X, J))]
+        self.offsets_ = np.cumsum([0] + [r.n_features_out_ for r in self.rockets_])
+        self.n_features_out_ = int(self.offsets_[-1])
+        return self
+
+    def transform(self, X):
+        _check_fitted(self, "rockets_")
+        X = as_panel(X, min_length=Rocket.min_length)
+        _check_shape(self, X)
+        return np.concatenate([r.transform(band) for r, band in zip(self.rockets_, wavelet_bands(X, self.levels_))],
+                              axis=1)
+
+    def band_names(self) -> list:
+        _check_fitted(self, "rockets_")
+        J = self.levels_
+        return ["raw"] + [f"D{j}" for j in range(1, J + 1)] + ([f"A{J}"] if J else [])
+
+
+class SelectedWaveletRocket(TransformerMixin, BaseEstimator):
+    """The features ``features`` of a fitted ``WaveletRocket``, computing only the kernels behind them.
+
+    The kept kernels of all bands are gathered into one flat kernel set and run
+    in one parallel call over the needed bands laid end to end; bands without a
+    kept feature are skipped, and the wavelet transform runs only as deep as a
+    kept feature needs. ``channels``: as in ``SelectedRocket``.
+    """
+
+    def __init__(self, wavelet_rocket: WaveletRocket | None = None, features=None, n_jobs: int = 1,
+                 channels=None):
+        self.wavelet_rocket = wavelet_rocket
+        self.features = features
+        self.n_jobs = n_jobs
+        self.channels = channels
+
+    def fit(self, X=None, y=None):
+        w = self.wavelet_rocket
+        if w is None or not hasattr(w, "rockets_"):
+            raise NotFittedError("SelectedWaveletRocket needs a fitted WaveletRocket: WaveletRocket(...).fit(X) first")
+        f = np.asarray(self.features, dtype=np.int64).ravel()
+        if f.size == 0 or f.min() < 0 or f.max() >= w.n_features_out_:
+            raise ValueError(f"features must be non-empty indices in [0, {w.n_features_out_})")
+        band = np.searchsorted(w.offsets_, f, side="right") - 1
+        self.bands_ = np.unique(band)
+        parts, order, cols, nk = [], [], [], 0
+        for j, b in enumerate(self.bands_):
+            pos = np.flatnonzero(band == b)
+            sel = SelectedRocket(w.rockets_[b], f[pos] - w.offsets_[b], channels=self.channels).fit()
+            parts.append((j, sel))
+            order.append(pos)
+            cols.append(sel.columns_ + 2 * nk)
+            nk += len(sel.kernel_ids_)
+        # one flat kernel set: the kept kernels of every band, each tagged with its band's slot
+        flat = {key: [] for key in ("lengths", "biases", "dils", "pads", "nchs", "chans", "w", "kband")}
+        for j, sel in parts:
+            k = sel.kernels_
+            for kid in sel.kernel_ids_:
+                for key in ("lengths", "biases", "dils", "pads", "nchs"):
+                    flat[key].append(k[key][kid])
+                flat["chans"].append(k["chans"][k["c_off"][kid]:k["c_off"][kid] + k["nchs"][kid]])
+                flat["w"].append(k["w"][k["w_off"][kid]:k["w_off"][kid] + k["nchs"][kid] * k["lengths"][kid]])
+                flat["kband"].append(j)
+        kd = {key: np.asarray(flat[key], dtype=np.float32 if key == "biases" else np.int64)
+              for key in ("lengths", "biases", "dils", "pads", "nchs", "kband")}
+        kd["chans"] = np.concatenate(flat["chans"]).astype(np.int64)
+        kd["w"] = np.concatenate(flat["w"]).astype(np.float32)
+        kd["c_off"] = np.concatenate([[0], np.cumsum(kd["nchs"])[:-1]]).astype(np.int64)
+        kd["w_off"] = np.concatenate([[0], np.cumsum(kd["nchs"] * kd["lengths"])[:-1]]).astype(np.int64)
+        self.kernels_ = kd
+        self.n_kernels_ = nk
+        self.columns_ = np.concatenate(cols)[np.argsort(np.concatenate(order), kind="stable")]
+        self.channels_ = parts[0][1].channels_
+        self.input_shape_ = w.input_shape_
+        return self
+
+    def transform(self, X):
+        _check_fitted(self, "kernels_")
+        X = as_panel(X, min_length=Rocket.min_length)
+        _check_shape(self, X)
+        if self.channels_ is not None:
+            X = np.ascontiguousarray(X[:, self.channels_])
+        w, need = self.wavelet_rocket, int(self.bands_.max())
+        J = w.levels_
+        bands = [X]
+        if need > 0:   # band b <= J is detail level b; band J + 1 is the level-J approximation
+            a, ds = haar_dwt(X, min(need, J))
+            bands += ds + [a]
+        used = [bands[b] for b in self.bands_]
+        if w.rockets_[0].normalise:
+            used = [_normalise(u) for u in used]
+        lens = np.array([u.shape[-1] for u in used], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+        Xcat = np.ascontiguousarray(np.concatenate(used, axis=-1), dtype=np.float32)
+        k = self.kernels_
+        with _threads(self.n_jobs):
+            out = _rocket_transform_bands(Xcat, starts, lens, k["kband"], k["lengths"], k["biases"], k["dils"],
+                                          k["pads"], k["nchs"], k["c_off"], k["chans"], k["w_off"], k["w"])
+        return out[:, self.columns_]
 
 
 # ------------------------------------------------------------------ MiniRocket
@@ -481,18 +704,14 @@ class MiniRocket(TransformerMixin, BaseEstimator):
 
 # ------------------------------------------------------------------ feature selection (LightWaveS-style)
 
-def select_features(F: np.ndarray, y, keep: float = 0.025, method: str = "anova") -> np.ndarray:
-    """Indices of the best ``keep`` fraction of the columns of F, ranked by a class-separation score.
+def feature_scores(F: np.ndarray, y, method: str = "anova") -> np.ndarray:
+    """A class-separation score per column of F (higher is better; constant columns score -1).
 
     ``anova``: the one-way ANOVA F statistic per feature (how far apart the
     class means are in units of the within-class spread); ``ridge``: |weight|
     of a ridge classifier on standardised features, summed over classes.
-    LightWaveS ranks features on training data and keeps about 2.5% of them.
     """
     F = np.asarray(F, dtype=np.float64)
-    if not 0 < keep <= 1:
-        raise ValueError(f"keep is a fraction in (0, 1]; got {keep}")
-    k = max(1, int(round(keep * F.shape[1])))
     if method == "anova":
         import warnings
 
@@ -507,8 +726,60 @@ def select_features(F: np.ndarray, y, keep: float = 0.025, method: str = "anova"
         score = np.abs(np.atleast_2d(coef)).sum(0)
     else:
         raise ValueError(f"method must be 'anova' or 'ridge', not {method!r}")
-    score = np.nan_to_num(score, nan=-1.0)
+    return np.nan_to_num(score, nan=-1.0, posinf=np.finfo(np.float64).max)
+
+
+def select_features(F: np.ndarray, y, keep: float = 0.025, method: str = "anova", allowed=None,
+                    n_keep: int | None = None) -> np.ndarray:
+    """Indices of the best ``keep`` fraction of the columns of F, ranked by ``feature_scores``.
+
+    LightWaveS ranks features on training data and keeps about 2.5% of them.
+    ``allowed`` (boolean mask over columns) restricts the candidates, e.g. to the
+    kernels of the channels ``select_channels`` kept; ``n_keep`` overrides the
+    count (``keep`` x number of columns).
+    """
+    F = np.asarray(F, dtype=np.float64)
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep is a fraction in (0, 1]; got {keep}")
+    k = max(1, int(round(keep * F.shape[1]))) if n_keep is None else max(1, int(n_keep))
+    score = feature_scores(F, y, method)
+    if allowed is not None:
+        score = np.where(np.asarray(allowed, dtype=bool), score, -np.inf)
+        k = min(k, int(np.sum(allowed)))
     return np.sort(np.argsort(-score, kind="stable")[:k])
+
+
+def _rockets(transform) -> list:
+    rockets = [transform] if isinstance(transform, Rocket) else getattr(transform, "rockets_", None)
+    if rockets is None or not hasattr(rockets[0], "kernels_"):
+        raise NotFittedError("select_channels needs a fitted Rocket or WaveletRocket")
+    return rockets
+
+
+def select_channels(transform, scores, keep_channels: float = 0.5):
+    """(kept channels, allowed-feature mask): channels ranked by the summed scores of their kernels' features.
+
+    Every feature's score (``feature_scores``) is added to each channel its
+    kernel reads; the top ``keep_channels`` fraction of channels (at least one)
+    is kept, and a feature is allowed if its kernel reads only kept channels.
+    """
+    rockets = _rockets(transform)
+    C = rockets[0].input_shape_[0]
+    if not 0 < keep_channels <= 1:
+        raise ValueError(f"keep_channels is a fraction in (0, 1]; got {keep_channels}")
+    scores = np.maximum(np.asarray(scores, dtype=np.float64), 0.0)
+    total, pos = np.zeros(C), 0
+    for r in rockets:
+        k, nf = r.kernels_, r.n_features_out_
+        ks = scores[pos:pos + nf:2] + scores[pos + 1:pos + nf:2]
+        np.add.at(total, k["chans"], np.repeat(ks, k["nchs"]))
+        pos += nf
+    m = max(1, int(round(keep_channels * C)))
+    kept = np.sort(np.argsort(-total, kind="stable")[:m])
+    inside = np.isin(np.arange(C), kept)
+    allowed = np.concatenate([np.repeat(np.minimum.reduceat(inside[r.kernels_["chans"]], r.kernels_["c_off"]), 2)
+                              for r in rockets])
+    return kept, allowed
 
 
 def classifier(transform):
@@ -778,6 +1049,63 @@ def compare_dataset(name: str, num_kernels: int, num_features: int, keep: float,
     rows.append({"dataset": name, "method": f"ROCKET effnb {100 * keep:g}% selected", "features": len(idx),
                  "kernels": len(sel.kernel_ids_), "accuracy": acc, "fit_s": np.nan, "first_transform_s": first,
                  "transform_s": warm, "series_per_s": len(Xte) / warm, "test_series": len(Xte)})
+    return rows
+
+
+def selection_study(name: str, num_kernels: int, keep: float, keep_channels: float, levels: int, threads: int,
+                    seed: int, repeats: int = 2) -> list[dict]:
+    """Accuracy and warm test-set transform time of the selection variants on one dataset.
+
+    Variants: all ROCKET kernels; the top ``keep`` fraction of raw ROCKET
+    features; the same number of features chosen among raw + Haar wavelet
+    features (``WaveletRocket``); and, for multivariate sets, both again after
+    channel selection (``select_channels``, ``keep_channels`` of the channels).
+    Every variant keeps the same number of features and feeds the same
+    StandardScaler + RidgeClassifierCV, refitted on its kept training columns.
+    Times are the best of up to ``repeats`` warm calls (fewer for calls over a
+    quarter of a second).
+    """
+    Xtr, ytr, Xte, yte = load_dataset(name)
+    w = WaveletRocket(num_kernels, levels=levels, random_state=seed, n_jobs=threads).fit(Xtr)
+    raw = w.rockets_[0]
+    Ftr = w.transform(Xtr)
+    nraw = raw.n_features_out_
+    n_keep = max(1, int(round(keep * nraw)))
+    scores = feature_scores(Ftr, ytr)
+    variants = {"all kernels": None,
+                "selected": (select_features(Ftr[:, :nraw], ytr, n_keep=n_keep), None, False),
+                "selected + wavelets": (select_features(Ftr, ytr, n_keep=n_keep), None, True)}
+    if Xtr.shape[1] > 1:
+        ch_raw, ok_raw = select_channels(raw, scores[:nraw], keep_channels)
+        ch_w, ok_w = select_channels(w, scores, keep_channels)
+        variants["selected, channels"] = (select_features(Ftr[:, :nraw], ytr, n_keep=n_keep, allowed=ok_raw),
+                                          ch_raw, False)
+        variants["selected + wavelets, channels"] = (select_features(Ftr, ytr, n_keep=n_keep, allowed=ok_w),
+                                                     ch_w, True)
+    rows = []
+    for label, spec in variants.items():
+        if spec is None:
+            tr, cols, n_k, n_ch = raw, np.arange(nraw), raw.num_kernels, Xtr.shape[1]
+        else:
+            cols, chans, wav = spec
+            tr = (SelectedWaveletRocket(w, cols, n_jobs=threads, channels=chans) if wav
+                  else SelectedRocket(raw, cols, n_jobs=threads, channels=chans)).fit()
+            n_k = tr.n_kernels_ if wav else len(tr.kernel_ids_)
+            n_ch = Xtr.shape[1] if chans is None else len(chans)
+        head = classifier("passthrough").fit(Ftr[:, cols], ytr)
+        t0 = time.perf_counter()
+        Fte = tr.transform(Xte)
+        first = time.perf_counter() - t0
+        # best of up to ``repeats`` warm calls, fewer for calls over ~0.25 s (long calls are not the noisy ones)
+        n_rep = max(1, min(int(repeats), int(0.25 / max(first, 1e-6))))
+        warm = timed(lambda: tr.transform(Xte), n_rep)[1]
+        wav_feats = int(np.sum(cols >= nraw)) if spec is not None and spec[2] else 0
+        rows.append({"dataset": name, "variant": label, "features": len(cols), "wavelet features": wav_feats,
+                     "kernels": n_k, "channels": n_ch, "accuracy": float(np.mean(head.predict(Fte) == yte)),
+                     "transform_s": warm})
+    base = rows[0]["transform_s"]
+    for r in rows:
+        r["speedup"] = base / r["transform_s"]
     return rows
 
 

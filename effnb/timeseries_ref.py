@@ -77,3 +77,27 @@ def tcn_offline(x: np.ndarray, W: np.ndarray, B: np.ndarray, dils) -> np.ndarray
                       for o in range(C)])
         h = np.maximum(y, 0) if l < L - 1 else y
     return h
+
+
+def haar_dwt(x: np.ndarray, levels: int):
+    """Haar DWT of one 1-D series by an explicit loop over pairs: (approximation, [detail_1, ...])."""
+    a = [float(v) for v in x]
+    details = []
+    r2 = np.sqrt(2.0)
+    for _ in range(levels):
+        if len(a) % 2:
+            a.append(a[-1])
+        d = [(a[2 * i] - a[2 * i + 1]) / r2 for i in range(len(a) // 2)]
+        a = [(a[2 * i] + a[2 * i + 1]) / r2 for i in range(len(a) // 2)]
+        details.append(np.array(d))
+    return np.array(a), details
+
+
+def channel_scores(kernels: dict, scores: np.ndarray, n_channels: int) -> np.ndarray:
+    """Summed feature scores per channel: each kernel's PPV and max scores added to every channel it reads."""
+    total = np.zeros(n_channels)
+    for k in range(len(kernels["lengths"])):
+        s = max(scores[2 * k], 0.0) + max(scores[2 * k + 1], 0.0)
+        for c in kernels["chans"][kernels["c_off"][k]:kernels["c_off"][k] + kernels["nchs"][k]]:
+            total[c] += s
+    return total

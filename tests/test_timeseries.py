@@ -147,3 +147,79 @@ def test_japanese_vowels_is_padded_to_equal_length():
     assert np.isfinite(Xtr).all()
     with pytest.raises(ValueError, match="unknown dataset"):
         T.load_dataset("Nope")
+
+
+# ------------------------------------------------------------------ wavelet features and channel selection
+
+@FAST
+@given(seed=st.integers(0, 10_000), length=st.integers(2, 70), levels=st.integers(0, 3))
+def test_haar_dwt_matches_loop_and_reconstructs(seed, length, levels):
+    x = np.random.default_rng(seed).normal(size=length)
+    levels = min(levels, int(np.floor(np.log2(length))))
+    a, ds = T.haar_dwt(x[None, None, :], levels)
+    ra, rds = R.haar_dwt(x, levels)
+    np.testing.assert_allclose(a[0, 0], ra, atol=1e-12)
+    for d, rd in zip(ds, rds, strict=True):
+        np.testing.assert_allclose(d[0, 0], rd, atol=1e-12)
+    np.testing.assert_allclose(T.haar_idwt(a, ds, length)[0, 0], x, atol=1e-12)   # perfect reconstruction
+
+
+@FAST
+@given(seed=st.integers(0, 10_000), blocks=st.integers(1, 9), levels=st.integers(1, 3))
+def test_haar_dwt_preserves_energy(seed, blocks, levels):
+    x = np.random.default_rng(seed).normal(size=(2, 3, blocks * 2 ** levels))
+    a, ds = T.haar_dwt(x, levels)
+    energy = (a ** 2).sum(-1) + sum((d ** 2).sum(-1) for d in ds)
+    np.testing.assert_allclose(energy, (x ** 2).sum(-1), rtol=1e-12)
+
+
+def test_wavelet_rocket_bands_and_raw_equal_rocket():
+    X = panel(3, 4, 2, 50)
+    w = T.WaveletRocket(num_kernels=7, levels=5, random_state=3).fit(X)
+    assert w.levels_ == 2 and w.band_names() == ["raw", "D1", "D2", "A2"]   # 50 -> 25 -> 13 (>= 11) -> 7 (too short)
+    F = w.transform(X)
+    assert F.shape == (4, 4 * 14)
+    np.testing.assert_array_equal(F[:, :14], T.Rocket(7, random_state=3).fit(X).transform(X))
+
+
+@FAST
+@given(seed=st.integers(0, 10_000), c=st.integers(1, 4), length=st.integers(11, 60), n_keep=st.integers(1, 20),
+       use_channels=st.booleans())
+def test_selected_wavelet_rocket_equals_full_columns(seed, c, length, n_keep, use_channels):
+    Xtr, Xte = panel(seed, 6, c, length), panel(seed + 1, 3, c, length)
+    y = np.array([0, 1] * 3)
+    w = T.WaveletRocket(num_kernels=6, levels=2, random_state=seed).fit(Xtr)
+    Ftr, Fte = w.transform(Xtr), w.transform(Xte)
+    chans, allowed = T.select_channels(w, T.feature_scores(Ftr, y), keep_channels=0.5) if use_channels else (None, None)
+    idx = T.select_features(Ftr, y, n_keep=n_keep, allowed=allowed)
+    sel = T.SelectedWaveletRocket(w, idx, channels=chans).fit()
+    np.testing.assert_allclose(sel.transform(Xte), Fte[:, idx], atol=1e-4)
+    # one channel subset for the raw ROCKET too: SelectedRocket reads only the kept channels
+    raw = w.rockets_[0]
+    if use_channels:
+        idx_raw = np.flatnonzero(allowed[:raw.n_features_out_])
+        if idx_raw.size:
+            s = T.SelectedRocket(raw, idx_raw, channels=chans).fit()
+            np.testing.assert_allclose(s.transform(Xte), Fte[:, idx_raw], atol=1e-4)
+
+
+def test_select_channels_matches_loop_and_restricts_kernels():
+    X = panel(5, 8, 5, 40)
+    y = np.array([0, 1] * 4)
+    r = T.Rocket(num_kernels=30, random_state=5).fit(X)
+    scores = T.feature_scores(r.transform(X), y)
+    chans, allowed = T.select_channels(r, scores, keep_channels=0.4)
+    total = R.channel_scores(r.kernels_, scores, 5)
+    assert set(chans) == set(np.argsort(-total, kind="stable")[:2])
+    k = r.kernels_
+    for kid in range(30):
+        reads = set(k["chans"][k["c_off"][kid]:k["c_off"][kid] + k["nchs"][kid]])
+        assert allowed[2 * kid] == allowed[2 * kid + 1] == reads.issubset(set(chans))
+    bad = np.flatnonzero(~allowed)
+    if bad.size:
+        with pytest.raises(ValueError, match="outside `channels`"):
+            T.SelectedRocket(r, bad[:1], channels=chans).fit()
+    with pytest.raises(ValueError, match="keep_channels"):
+        T.select_channels(r, scores, keep_channels=0)
+    with pytest.raises(NotFittedError):
+        T.SelectedWaveletRocket(T.WaveletRocket(5), [0]).fit()
