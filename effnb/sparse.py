@@ -425,13 +425,14 @@ def accuracy(model: nn.Module, x, y, batch: int = 512) -> float:
 
 
 def train(model, xtr, ytr, *, epochs: int, lr: float = 3e-3, batch: int = 64, seed: int = 0,
-          on_step=None, masks_for=None) -> nn.Module:
-    """Adam on cross-entropy; ``on_step(step, total)`` runs after each update (pruning, regrowth)."""
+          on_step=None, on_epoch=None, masks_for=None) -> nn.Module:
+    """Adam on cross-entropy; ``on_step(step, total)`` runs after each update (pruning, regrowth),
+    ``on_epoch(epoch, model)`` after each epoch (learning curves; it must not draw random numbers)."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per = math.ceil(len(xtr) / batch)
     total, step = epochs * steps_per, 0
-    for _ in range(epochs):
+    for epoch in range(epochs):
         model.train()
         perm = torch.randperm(len(xtr), generator=g)
         for i in range(0, len(xtr), batch):
@@ -443,6 +444,8 @@ def train(model, xtr, ytr, *, epochs: int, lr: float = 3e-3, batch: int = 64, se
             step += 1
             if on_step is not None:
                 on_step(step, total)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model)
     return model
 
 
@@ -467,6 +470,37 @@ def train_pruned(model, data, *, sparsity: float, pattern: str = "unstructured",
     got = sum(int((m.weight == 0).sum()) for m in layers) / sum(m.weight.numel() for m in layers)
     return {"accuracy": accuracy(model, xte, yte), "sparsity": got}
 
+
+def accuracy_vs_sparsity(data, *, width: int, sparsities: list, group_sparsities: list = (), epochs: int,
+                         seeds: int = 1, seed: int = 0) -> tuple:
+    """Train the digits CNN with gradual pruning at every (pattern, sparsity) and seed.
+
+    Returns a tidy frame (pattern, sparsity, seed, accuracy, achieved) and the
+    trained networks of the first seed keyed by (pattern, sparsity), for latency.
+    """
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
+    configs = [("unstructured", float(s)) for s in sparsities] + [("1x4", float(s)) for s in group_sparsities]
+    for _, s in configs:
+        _check_sparsity(s)
+    rows, nets = [], {}
+    for i in range(seeds):
+        for pattern, s in configs:
+            net = digits_cnn(width, seed=seed + i)
+            r = train_pruned(net, data, sparsity=s, pattern=pattern, epochs=epochs, seed=seed + i)
+            rows.append({"pattern": pattern, "sparsity": s, "seed": seed + i,
+                         "accuracy": 100 * r["accuracy"], "achieved": r["sparsity"]})
+            if i == 0:
+                nets[(pattern, s)] = net
+    import pandas as pd
+    return pd.DataFrame(rows), nets
+
+
+def accuracy_summary(acc):
+    """Mean, standard deviation (over seeds) and count of the test accuracy per (pattern, sparsity)."""
+    out = acc.groupby(["pattern", "sparsity"], sort=False)["accuracy"].agg(["mean", "std", "count"]).reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    return out
 
 # ---------------------------------------------------------------- Sparse-IFT: Sparse-Wide MLPs at equal FLOPs
 
@@ -571,10 +605,22 @@ def _random_nodes(hidden: list, sparsity: float, gen) -> list:
     return out
 
 
+def epochs_to_reach(curve, fraction: float = 0.95) -> int:
+    """First epoch (1-based) whose accuracy reaches ``fraction`` of the curve's final accuracy."""
+    c = np.asarray(curve, float)
+    if c.size == 0:
+        raise ValueError("the learning curve is empty")
+    return int(np.argmax(c >= fraction * c[-1] - 1e-12)) + 1
+
+
 def random_search_trial(data, *, hidden: list, sparsity: float, candidates: int, search_epochs: int,
                         epochs: int, seed: int) -> dict:
     """Random Search (best of ``candidates`` node masks after a short training, judged on a validation split)
-    vs one random node mask, both then trained for ``epochs`` from the same initialisation."""
+    vs one random node mask, both then trained for ``epochs`` from the same initialisation.
+
+    Both final trainings record test accuracy after every epoch (never used to choose anything): ``*_curve``,
+    its mean over epochs ``*_auc`` (area under the learning curve / epochs) and ``*_t95``, the epochs
+    to reach 95% of the final accuracy, measure how fast each converges."""
     xtr, ytr, xte, yte = data
     nval = len(xtr) // 5
     xfit, yfit, xval, yval = xtr[nval:], ytr[nval:], xtr[:nval], ytr[:nval]
@@ -588,10 +634,21 @@ def random_search_trial(data, *, hidden: list, sparsity: float, candidates: int,
         if a > best_acc:
             best, best_acc = keep, a
     rand_keep = _random_nodes(hidden, sparsity, gen)
-    searched = train(node_mask_mlp(sizes, best, seed), xtr, ytr, epochs=epochs, seed=seed)
-    rand = train(node_mask_mlp(sizes, rand_keep, seed), xtr, ytr, epochs=epochs, seed=seed)
-    return {"seed": seed, "sparsity": sparsity, "search_acc": accuracy(searched, xte, yte),
-            "random_acc": accuracy(rand, xte, yte)}
+    curves = {"search": [], "random": []}
+
+    def recorder(key):
+        return lambda epoch, model: curves[key].append(accuracy(model, xte, yte))
+    searched = train(node_mask_mlp(sizes, best, seed), xtr, ytr, epochs=epochs, seed=seed,
+                     on_epoch=recorder("search"))
+    rand = train(node_mask_mlp(sizes, rand_keep, seed), xtr, ytr, epochs=epochs, seed=seed,
+                 on_epoch=recorder("random"))
+    out = {"seed": seed, "sparsity": sparsity, "search_acc": accuracy(searched, xte, yte),
+           "random_acc": accuracy(rand, xte, yte)}
+    for key, c in curves.items():
+        out[f"{key}_auc"] = float(np.mean(c))
+        out[f"{key}_t95"] = epochs_to_reach(c)
+        out[f"{key}_curve"] = c
+    return out
 
 
 def paired_test(a, b) -> dict:
@@ -826,3 +883,35 @@ def plot_speedups(table, ax=None, title: str = ""):
     plt.suptitle(f"{title} [{provenance.hardware_id()}]".strip())
     plt.tight_layout()
     return ax
+
+
+def plot_tradeoff(table, summary, title: str = ""):
+    """Two panels against sparsity: our CSR kernel's speed-up over dense F.linear (left, one line per
+    shape and M) and the digits CNN's test accuracy, mean +- std over seeds (right); machine in the title."""
+    import matplotlib.pyplot as plt
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ours = table[table.provider == "effnb CSR"]
+    for (n, k, m), g in ours.groupby(["N", "K", "M"]):
+        a.plot(g.sparsity, g.speedup_vs_dense, marker="o", label=f"{n}x{k}, M={m}")
+    a.axhline(1.0, color="k", lw=1, ls="--")
+    a.set_yscale("log")
+    a.set_xlabel("weight sparsity")
+    a.set_ylabel("speed-up over dense F.linear (ratio)")
+    a.set_title("effnb CSR, cold fp32 weights", fontsize="medium")
+    a.grid(True, alpha=0.3)
+    a.legend(fontsize="small")
+    for pattern, g in summary.groupby("pattern", sort=False):
+        g = g.sort_values("sparsity")
+        b.errorbar(g.sparsity, g["mean"], yerr=g["std"], marker="o", capsize=3, label=pattern)
+    dense = summary[(summary.pattern == "unstructured") & (summary.sparsity == 0.0)]
+    if len(dense):
+        b.axhline(float(dense["mean"].iloc[0]) - 1.0, color="k", lw=1, ls=":", label="dense - 1 point")
+    b.set_xlabel("sparsity of the 1x1 convs + head")
+    b.set_ylabel("test accuracy (%)")
+    n_seeds = int(summary["count"].max())
+    b.set_title(f"digits CNN, mean +- std over {n_seeds} seed{'s' if n_seeds > 1 else ''}", fontsize="medium")
+    b.grid(True, alpha=0.3)
+    b.legend(fontsize="small")
+    fig.suptitle(f"{title} [{provenance.hardware_id()}]".strip())
+    fig.tight_layout()
+    return fig

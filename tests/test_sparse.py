@@ -155,6 +155,53 @@ def test_iso_flop_widths_keep_nonzeros_and_prune_regrow_keeps_count():
     assert [int(k.sum()) for k in m.masks] == before
 
 
+def _tiny_digits(n_train=200, n_test=60):
+    xtr, ytr, xte, yte = S.digits(8, seed=0)
+    return xtr[:n_train], ytr[:n_train], xte[:n_test], yte[:n_test]
+
+
+def test_epochs_to_reach_and_learning_curves_do_not_change_training():
+    assert S.epochs_to_reach([0.2, 0.5, 0.96, 1.0]) == 3
+    assert S.epochs_to_reach([0.8]) == 1
+    assert S.epochs_to_reach([0.1, 0.99, 0.5]) == 2     # 95% of the *final* accuracy
+    with pytest.raises(ValueError):
+        S.epochs_to_reach([])
+    xtr, ytr, xte, yte = _tiny_digits()
+    seen = []
+    a = S.train(S.MaskedMLP([64, 16, 10], [0.0, 0.0], seed=1), xtr, ytr, epochs=2, seed=1)
+    b = S.train(S.MaskedMLP([64, 16, 10], [0.0, 0.0], seed=1), xtr, ytr, epochs=2, seed=1,
+                on_epoch=lambda e, m: seen.append((e, S.accuracy(m, xte, yte))))
+    assert [e for e, _ in seen] == [1, 2]
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_random_search_trial_records_curves():
+    r = S.random_search_trial(_tiny_digits(), hidden=[16], sparsity=0.5, candidates=2, search_epochs=1,
+                              epochs=3, seed=0)
+    for key in ("search", "random"):
+        c = r[f"{key}_curve"]
+        assert len(c) == 3 and all(0.0 <= v <= 1.0 for v in c)
+        assert r[f"{key}_acc"] == pytest.approx(c[-1])
+        assert r[f"{key}_auc"] == pytest.approx(float(np.mean(c)))
+        assert 1 <= r[f"{key}_t95"] <= 3
+
+
+def test_accuracy_vs_sparsity_covers_every_configuration():
+    xtr, ytr, xte, yte = S.digits(8, seed=0)
+    data = (xtr[:128], ytr[:128], xte[:40], yte[:40])
+    runs, nets = S.accuracy_vs_sparsity(data, width=4, sparsities=[0.0, 0.8], group_sparsities=[0.5],
+                                        epochs=1, seeds=2)
+    assert len(runs) == 6 and set(nets) == {("unstructured", 0.0), ("unstructured", 0.8), ("1x4", 0.5)}
+    got = runs.groupby(["pattern", "sparsity"])["achieved"].mean()
+    assert got[("unstructured", 0.8)] == pytest.approx(0.8, abs=0.02) and got[("unstructured", 0.0)] == 0.0
+    summ = S.accuracy_summary(runs)
+    assert list(summ["count"]) == [2, 2, 2] and (summ["std"] >= 0).all()
+    with pytest.raises(ValueError):
+        S.accuracy_vs_sparsity(data, width=4, sparsities=[1.0], epochs=1)
+    with pytest.raises(ValueError):
+        S.accuracy_vs_sparsity(data, width=4, sparsities=[0.5], epochs=1, seeds=0)
+
+
 def test_paired_test_and_break_even():
     r = S.paired_test([0.9, 0.8, 0.85, 0.95], [0.8, 0.7, 0.8, 0.9])
     assert r["mean_diff"] == pytest.approx(0.075) and r["t_p"] < 0.05 and r["ci_lo"] > 0
