@@ -491,14 +491,127 @@ def _torch_int4(n: int, k: int, group: int, seed: int):
     return packed, sz
 
 
-def peer_factories(group: int = 128, ours=("w8a16", "w8a8", "w4a16", "w4a8"), peers=True) -> dict:
+def ort_available() -> bool:
+    """True when ``onnx`` and ``onnxruntime`` both import (the MatMulNBits peer needs both)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def ort_pack(weight: torch.Tensor, block_size: int = 128, asym: bool = False) -> dict:
+    """Quantize ``weight`` [N, K] to onnxruntime ``MatMulNBits``' own 4-bit layout.
+
+    The contrib op's layout (com.microsoft, bits=4): K is cut into
+    ``n_blocks = ceil(K / block_size)`` blocks (the last one zero-padded);
+    ``B`` is uint8 [N, n_blocks, block_size / 2] with codes packed low nibble first
+    along K (byte j of a block: weight 2j low, weight 2j + 1 high); ``scales`` is
+    fp32 [N * n_blocks]; ``zero_points`` (optional, default 8) is uint8
+    [N * ceil(n_blocks / 2)], two blocks per byte, low nibble first, each row padded
+    to whole bytes. A weight is ``(code - zero_point) * scale``.
+    Returns B, scales, zero_points (None when symmetric) and ``w``, the dequantized
+    [N, K] fp32 weight the op must reproduce.
+    """
+    if block_size not in (16, 32, 64, 128, 256):
+        raise ValueError(f"block_size={block_size}: MatMulNBits takes a power of two >= 16")
+    w = _check_weight(weight).float()
+    n, k = w.shape
+    nb = -(-k // block_size)
+    wp = torch.zeros(n, nb * block_size)
+    wp[:, :k] = w
+    blocks = wp.view(n, nb, block_size)
+    if asym:
+        lo = blocks.amin(-1).clamp(max=0.0)
+        hi = blocks.amax(-1).clamp(min=0.0)
+        scale = ((hi - lo) / 15.0).clamp(min=1e-12)
+        zp = torch.round(-lo / scale).clamp(0, 15)
+    else:
+        scale = (blocks.abs().amax(-1) / 7.0).clamp(min=1e-12)
+        zp = torch.full_like(scale, 8.0)
+    codes = torch.round(blocks / scale[..., None] + zp[..., None]).clamp(0, 15).to(torch.uint8)
+    deq = ((codes.float() - zp[..., None]) * scale[..., None]).view(n, nb * block_size)[:, :k]
+    b = (codes[..., 0::2] | (codes[..., 1::2] << 4)).contiguous()
+    zpb = None
+    if asym:
+        z = zp.to(torch.uint8)
+        if nb % 2:
+            z = torch.cat([z, torch.zeros(n, 1, dtype=torch.uint8)], 1)
+        zpb = (z[:, 0::2] | (z[:, 1::2] << 4)).reshape(-1).contiguous()
+    return {"B": b.numpy(), "scales": scale.reshape(-1).float().numpy(), "zero_points":
+            None if zpb is None else zpb.numpy(), "w": deq.contiguous(), "n": n, "k": k,
+            "block_size": block_size}
+
+
+def ort_matmulnbits(weight: torch.Tensor | dict, block_size: int = 128, threads: int | None = None,
+                    asym: bool = False, accuracy_level: int = 0):
+    """A one-node ONNX model (com.microsoft ``MatMulNBits``, bits=4) for ``weight`` [N, K].
+
+    The weight is quantized by :func:`ort_pack` (or pass its result) and stored as
+    constant initializers, as onnxruntime's own int4 model builders do, so the
+    session prepacks it into MLAS' layout once. The session runs on the CPU with
+    ``intra_op_num_threads=threads`` (default: torch's) and
+    ``inter_op_num_threads=1``. ``accuracy_level`` is the op's attribute: 0 keeps
+    fp32 activations, 4 lets MLAS quantize them to int8 per block (W4A8).
+    Returns ``run(x)``: fp32 numpy/torch [M, K] -> numpy [M, N]; ``run.packed`` is the
+    :func:`ort_pack` dict (``run.packed["w"]`` the dequantized reference weight).
+    """
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    pk = weight if isinstance(weight, dict) else ort_pack(weight, block_size, asym)
+    n, k, bs = pk["n"], pk["k"], pk["block_size"]
+    inits = [numpy_helper.from_array(pk["B"], "B"), numpy_helper.from_array(pk["scales"], "scales")]
+    ins = ["A", "B", "scales"]
+    if pk["zero_points"] is not None:
+        inits.append(numpy_helper.from_array(pk["zero_points"], "zero_points"))
+        ins.append("zero_points")
+    node = helper.make_node("MatMulNBits", ins, ["Y"], domain="com.microsoft", K=k, N=n, bits=4,
+                            block_size=bs, accuracy_level=int(accuracy_level))
+    graph = helper.make_graph([node], "matmulnbits",
+                              [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["M", k])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["M", n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = min(model.ir_version, 10)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads or torch.get_num_threads())
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+    def run(x):
+        if isinstance(x, torch.Tensor):
+            x = x.detach().float().contiguous().numpy()
+        return sess.run(None, {"A": np.ascontiguousarray(x, dtype=np.float32)})[0]
+    run.packed, run.session = pk, sess
+    return run
+
+
+ORT_PEERS = {0: "w4a32", 4: "w4a8"}   # MatMulNBits accuracy_level -> what it computes in
+
+
+def ort_name(group: int, accuracy_level: int) -> str:
+    """The benchmark's provider name of onnxruntime MatMulNBits at this accuracy level."""
+    return f"ort MatMulNBits g{group} acc{accuracy_level} ({ORT_PEERS[accuracy_level]})"
+
+
+def peer_factories(group: int = 128, ours=("w8a16", "w8a8", "w4a16", "w4a8"), peers=True,
+                   threads: int | None = None, ort_levels=(4,)) -> dict:
     """Benchmark providers: name -> factory(size) -> no-argument callable; size = (M, N, K).
 
     Peers are called as their authors intend: fp32 and bf16 ``F.linear``,
     ``torch._weight_int8pack_mm`` (bf16 activations, int8 weight, per-channel scales),
     ``torch._weight_int4pack_mm_for_cpu`` (bf16 activations, weight packed by
     ``_convert_weight_to_int4pack_for_cpu``, bf16 scales and zeros per group) and
-    torch's dynamic int8 quantization of an ``nn.Linear``. Every call of a factory
+    torch's dynamic int8 quantization of an ``nn.Linear``; and, when ``onnx`` and
+    ``onnxruntime`` import, onnxruntime's ``MatMulNBits`` (4-bit blocks of ``group``,
+    fp32 activations, a one-node model from :func:`ort_matmulnbits` with
+    ``intra_op_num_threads=threads``) at each of ``ort_levels``: accuracy level 4 (the
+    default; MLAS quantizes the activations to int8, its W4A8 path) and/or 0 (fp32
+    activations, every weight dequantized: much slower). Every call of a factory
     returns a distinct copy of the weights (cloned from one random original, which is
     much faster than drawing each), so a cold benchmark really streams them from memory.
     """
@@ -552,6 +665,27 @@ def peer_factories(group: int = 128, ours=("w8a16", "w8a8", "w4a16", "w4a8"), pe
 
         out.update({"torch fp32": fp32, "torch bf16": bf16, "torch int8pack (w8a16)": int8pack,
                     f"torch int4pack g{group} (w4a16)": int4pack, "torch dynamic int8 (w8a8)": dynamic})
+        if ort_available():
+            from . import bench
+            sessions: dict = {}
+            calls: dict = {}
+
+            def ort_f(size, level):
+                # one session per distinct weight copy; the copies are shared across M
+                # (a session does not depend on M), so a cold sweep builds each only once
+                m, n, k = size
+                key = (level, n, k)
+                cap = bench.cold_copies(int(weight_bytes(ort_name(group, level), n, k, group)))
+                pool = sessions.setdefault(key, [])
+                i = calls.get((key, m), 0) % cap
+                calls[(key, m)] = i + 1
+                if i >= len(pool):
+                    pk = once(("ort", n, k), lambda: ort_pack(torch.randn(n, k), group))
+                    pool.append(ort_matmulnbits(pk, threads=threads, accuracy_level=level))
+                run, x = pool[i], x_of(m, k).numpy()
+                return lambda: run(x)
+            for level in ort_levels:
+                out[ort_name(group, level)] = lambda size, level=level: ort_f(size, level)
     for s in ours:
         scheme = s if s.startswith("w8") else f"{s}-g{group}"
 
@@ -579,6 +713,9 @@ def weight_bytes(name: str, n: int, k: int, group: int = 128) -> float:
         return n * k / 2 + 4.0 * n * (k // group)
     if name.startswith("ours"):
         return float(random_packed(name.split()[1], 1, k).nbytes) * n
+    if name.startswith("ort MatMulNBits"):
+        nb = -(-k // group)
+        return n * nb * (group / 2 + 4.0)
     raise KeyError(name)
 
 
@@ -590,7 +727,8 @@ def bytes_moved(name: str, size, group: int = 128) -> float:
 
 
 def benchmark(sizes, group: int = 128, cold: bool = True, repeats: int = 5, warmup: int = 2,
-              ours=("w8a16", "w8a8", "w4a16", "w4a8"), peers: bool = True, rounds: int = 1):
+              ours=("w8a16", "w8a8", "w4a16", "w4a8"), peers: bool = True, rounds: int = 1,
+              threads: int | None = None, ort_levels=(4,)):
     """All providers at all (M, N, K) sizes in one run; tidy frame with GB/s and GFLOP/s.
 
     With ``rounds`` > 1 the whole sweep is repeated and each (provider, size) keeps
@@ -603,7 +741,7 @@ def benchmark(sizes, group: int = 128, cold: bool = True, repeats: int = 5, warm
     sizes = [tuple(int(v) for v in s) for s in sizes]
     if rounds < 1:
         raise ValueError(f"rounds={rounds}: pass a whole number >= 1")
-    facs = peer_factories(group, ours, peers)
+    facs = peer_factories(group, ours, peers, threads, ort_levels)
     frames = []
     for r in range(rounds):
         for name, fac in facs.items():
@@ -788,3 +926,12 @@ def time_of(df, provider_prefix: str, m: int | None = None, shape: str | None = 
     if sel.empty:
         raise KeyError(f"no rows for {provider_prefix!r} M={m} shape={shape}")
     return sel.set_index(["M", "shape"])["median_s"]
+
+
+def strongest(df, providers):
+    """Per (M, shape): the fastest of ``providers`` (names or name prefixes) in ``df``, with its time."""
+    sel = df[[any(p.startswith(c) for c in providers) for p in df["provider"]]]
+    if sel.empty:
+        raise KeyError(f"no rows for {providers!r}")
+    best = sel.loc[sel.groupby(["M", "shape"], sort=False)["median_s"].idxmin()]
+    return best.set_index(["M", "shape"])[["provider", "median_s"]]
