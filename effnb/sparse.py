@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -701,7 +702,9 @@ def linear_providers(n: int, k: int, m: int, sparsity: float, seed: int = 0, col
     # through the public entry point: the C++ kernel, or the reference when backend() is 'fallback'
     out["effnb CSR"] = (lambda: rot(lambda: (lambda s=sw.clone(): matmul(s, x1 if m == 1 else xt)), sw.nbytes),
                         sw.nbytes)
-    tcsr = wd.to_sparse_csr()
+    with warnings.catch_warnings():  # torch's "sparse CSR is in beta" notice: the peer is what users get
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        tcsr = wd.to_sparse_csr()
     tbytes = int(tcsr.values().numel() * 4 + tcsr.col_indices().numel() * 8 + tcsr.crow_indices().numel() * 8)
     if m == 1:
         out["torch CSR"] = (lambda: rot(lambda: (lambda W=tcsr.clone(): W @ x1), tbytes), tbytes)

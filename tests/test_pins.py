@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _norm(req: str) -> tuple[str, str]:
     name, _, version = req.partition("==")
+    version = version.split(",")[0]  # an exact pin may carry a guard, e.g. "==1.0.4.post1,<2"
     return re.sub(r"[-_.]+", "-", name.strip().lower()), version.strip()
 
 
