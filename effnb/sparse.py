@@ -283,34 +283,30 @@ def conv1x1(x: torch.Tensor, sparse: SparseWeight, bias: torch.Tensor | None = N
     return out.view(b, n, h, w)
 
 
-class SparseLinear(nn.Module):
-    """Inference-only Linear whose weight is a :class:`SparseWeight`."""
+class _SparseLayer(nn.Module):
+    """Inference-only layer holding a :class:`SparseWeight`; subclasses say which kernel applies it."""
 
     def __init__(self, sw: SparseWeight, bias):
         super().__init__()
         self.sw = sw
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    def extra_repr(self):
+        return f"{self.sw.shape[1]} -> {self.sw.shape[0]}, {self.sw.pattern}, sparsity {self.sw.sparsity:.2f}"
+
+
+class SparseLinear(_SparseLayer):
+    """Inference-only Linear whose weight is a :class:`SparseWeight`."""
 
     def forward(self, x):
         return linear(x, self.sw, self.bias)
 
-    def extra_repr(self):
-        return f"{self.sw.shape[1]} -> {self.sw.shape[0]}, {self.sw.pattern}, sparsity {self.sw.sparsity:.2f}"
 
-
-class SparseConv1x1(nn.Module):
+class SparseConv1x1(_SparseLayer):
     """Inference-only 1x1 stride-1 convolution whose weight is a :class:`SparseWeight`."""
-
-    def __init__(self, sw: SparseWeight, bias):
-        super().__init__()
-        self.sw = sw
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     def forward(self, x):
         return conv1x1(x, self.sw, self.bias)
-
-    def extra_repr(self):
-        return f"{self.sw.shape[1]} -> {self.sw.shape[0]}, {self.sw.pattern}, sparsity {self.sw.sparsity:.2f}"
 
 
 def is_pointwise(m: nn.Module) -> bool:
