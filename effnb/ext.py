@@ -85,16 +85,21 @@ def arch_flags() -> list[str]:
     if platform.machine() not in ("x86_64", "AMD64"):
         return []
     if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= feats:
-        return ["-march=x86-64-v4", "-mprefer-vector-width=256"]
+        # VNNI is not part of v4; kernels/quant.cpp uses vpdpbusd when it is there
+        return ["-march=x86-64-v4", "-mprefer-vector-width=256"] + (["-mavx512vnni"] if "avx512_vnni" in feats else [])
     if {"avx2", "fma", "bmi2", "f16c"} <= feats:
-        return ["-march=x86-64-v3"]
+        return ["-march=x86-64-v3"] + (["-mavxvnni"] if "avx_vnni" in feats else [])
     if "sse4_2" in feats:
         return ["-march=x86-64-v2"]
     return []
 
 
 def flags() -> dict:
-    return {"cflags": ["-O3", "-fopenmp", *arch_flags()], "ldflags": ["-fopenmp"]}
+    """Compiler flags; ``$EFFNB_CXXFLAGS`` adds more (part of the key, so it is its own build).
+    Example: ``EFFNB_CXXFLAGS=-DEFFNB_QDOT32_EMULATE`` compiles the VNNI code path of
+    quant.cpp with an AVX2 stand-in, to test it on a CPU without VNNI."""
+    extra = os.environ.get("EFFNB_CXXFLAGS", "").split()
+    return {"cflags": ["-O3", "-fopenmp", *arch_flags(), *extra], "ldflags": ["-fopenmp"]}
 
 
 def key(cxx: str | None = None) -> str:

@@ -108,11 +108,21 @@ def _check_weight(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().to("cpu", torch.float32).contiguous()
 
 
-def quantize(weight: torch.Tensor, scheme: str | Scheme) -> Packed:
-    """Quantize and pack ``weight`` [N, K] (any float dtype) for ``scheme``."""
+def quantize(weight: torch.Tensor, scheme: str | Scheme, hessian: torch.Tensor | None = None) -> Packed:
+    """Quantize and pack ``weight`` [N, K] (any float dtype) for ``scheme``.
+
+    Codes are rounded to nearest by default. With ``hessian`` (the K x K matrix
+    X^T X of the layer's inputs, from :func:`calibrate`), int4 codes are chosen by
+    GPTQ instead (:func:`gptq_int4`): same format, same kernel, smaller output error.
+    """
     sch = parse_scheme(scheme)
     w = _check_weight(weight)
     n, k = w.shape
+    if hessian is not None:
+        if sch.wbits != 4:
+            raise ValueError(f"scheme {sch}: GPTQ (hessian=) is implemented for int4 weights; "
+                             "int8 per channel is close to lossless with plain rounding")
+        return gptq_int4(w, sch, hessian)
     if sch.wbits == 8:
         kp = _round_up(k, 32)
         wp = torch.nn.functional.pad(w, (0, kp - k))
@@ -167,6 +177,92 @@ def dequantize(p: Packed) -> torch.Tensor:
     return w[:, :p.k].contiguous()
 
 
+# ---------------------------------------------------------------- GPTQ: error feedback on the same format
+
+def _int4_group_params(wg: torch.Tensor, asym: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale (rounded through fp16, as stored) and zero of groups ``wg`` [N, G], as :func:`quantize`."""
+    if asym:
+        lo, hi = wg.amin(1).clamp(max=0.0), wg.amax(1).clamp(min=0.0)
+        s = ((hi - lo) / 15.0).to(torch.float16).to(wg.dtype)
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        return s, torch.clamp(torch.round(-lo / s), 0, 15)
+    s = (wg.abs().amax(1) / 7.0).to(torch.float16).to(wg.dtype)
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    return s, torch.full_like(s, 8.0)
+
+
+def gptq_int4(weight: torch.Tensor, scheme: str | Scheme, hessian: torch.Tensor, damp: float = 0.01) -> Packed:
+    """GPTQ (Frantar et al., 2023): quantize the columns of W left to right and, after each, spread
+    its rounding error over the columns not yet quantized, weighted by the inverse Hessian
+    H = X^T X of the layer's inputs, so the *output* error ||X W^T - X Q^T|| is what gets
+    minimized, not the weight error. Group scales are taken from the (already corrected)
+    weights when a group starts. The result is an ordinary :class:`Packed` for ``linear``."""
+    sch = parse_scheme(scheme)
+    if sch.wbits != 4:
+        raise ValueError(f"gptq_int4 needs an int4 scheme, got {sch}")
+    w = _check_weight(weight).double()
+    n, k = w.shape
+    h = torch.as_tensor(hessian).detach().to("cpu", torch.float64)
+    if h.shape != (k, k):
+        raise ValueError(f"hessian must be [K, K] = [{k}, {k}] (X^T X of the layer's inputs), got {tuple(h.shape)}")
+    if not torch.isfinite(h).all():
+        raise ValueError("hessian has NaN or inf entries")
+    group = sch.group or _round_up(k, 64)
+    kp = _round_up(k, math.lcm(64, group))
+    h = h.clone()
+    dead = torch.diagonal(h) <= 0  # inputs that were always zero: their weights do not matter
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += damp * float(torch.diagonal(h).mean()) * torch.eye(k, dtype=h.dtype)
+    try:  # upper Cholesky factor of H^-1: row i holds how column i's error moves the later columns
+        u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    except RuntimeError as err:
+        raise ValueError("hessian is not positive definite even after damping; "
+                         "calibrate on more tokens or raise damp") from err
+    w = torch.nn.functional.pad(w, (0, kp - k))
+    codes = torch.zeros(n, kp, dtype=torch.float64)
+    ng = kp // group
+    scales, zeros = torch.ones(n, ng, dtype=torch.float64), torch.full((n, ng), 8.0, dtype=torch.float64)
+    for i in range(k):
+        g = i // group
+        if i % group == 0:
+            scales[:, g], zeros[:, g] = _int4_group_params(w[:, i:min(i + group, k)], sch.asym)
+        s, z = scales[:, g], zeros[:, g]
+        c = torch.clamp(torch.round(w[:, i] / s) + z, 0, 15)
+        codes[:, i] = c
+        err = (w[:, i] - (c - z) * s) / u[i, i]
+        w[:, i + 1:k] -= err[:, None] * u[i, i + 1:][None, :]
+    codes[:, k:] = zeros.repeat_interleave(group, 1)[:, k:]  # padding decodes to exactly 0
+    zt = zeros.to(torch.uint8).contiguous() if sch.asym else torch.empty(0, dtype=torch.uint8)
+    return Packed(sch, n, k, kp, group, pack_int4(codes.to(torch.uint8)), scales.to(torch.float16).contiguous(), zt)
+
+
+def calibrate(model: torch.nn.Module, run) -> dict:
+    """Run ``run(model)`` once and return, for every ``nn.Linear``, the float64 Hessian
+    X^T X of its inputs (name -> [K, K]): what :func:`quantize` and :func:`quantize_module`
+    need for GPTQ. Hooks are removed afterwards, also when ``run`` fails."""
+    hess: dict = {}
+    hooks = []
+
+    def hook(name):
+        def f(mod, inputs, out):
+            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(torch.float64)
+            hess[name] = hess.get(name, 0) + x.T @ x
+        return f
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            hooks.append(mod.register_forward_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            run(model)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not hess:
+        raise ValueError("calibrate: run(model) never called an nn.Linear of the model")
+    return hess
+
+
 # ---------------------------------------------------------------- activations and the reference
 
 def quantize_acts(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,6 +315,12 @@ def backend() -> str:
     except (AttributeError, RuntimeError):
         ok = False
     return "cpp" if ok else "fallback"
+
+
+def kernel_path() -> str:
+    """Which integer dot-product path the loaded kernels run: 'avx512-vnni', 'avx-vnni', 'avx2',
+    'scalar', or 'fallback' (torch reference, no C++ build)."""
+    return torch.ops.effnb.quant_path() if backend() == "cpp" else "fallback"
 
 
 def linear(x: torch.Tensor, p: Packed) -> torch.Tensor:
@@ -304,12 +406,13 @@ def fake_linear(x: torch.Tensor, p: Packed, w: torch.Tensor | None = None) -> to
     return torch.nn.functional.linear(x2, w).reshape(*lead, p.n)
 
 
-def quantize_module(model: torch.nn.Module, scheme: str | Scheme, skip=()) -> list[dict]:
+def quantize_module(model: torch.nn.Module, scheme: str | Scheme, skip=(), hessians: dict | None = None) -> list[dict]:
     """Replace every ``nn.Linear`` of ``model`` (in place) by a :class:`QuantLinear`.
 
     ``scheme`` is a scheme string, or a callable ``(name, linear) -> scheme``
     for per-layer choices (FineQuant's adaptive granularity). Names in ``skip``
-    stay fp32. Returns one row per layer: name, shape, scheme, bytes before
+    stay fp32. ``hessians`` (from :func:`calibrate`) switches int4 layers to GPTQ
+    rounding. Returns one row per layer: name, shape, scheme, bytes before
     (fp32) and after.
     """
     pick = scheme if callable(scheme) else (lambda name, lin: scheme)
@@ -318,8 +421,13 @@ def quantize_module(model: torch.nn.Module, scheme: str | Scheme, skip=()) -> li
     report = []
     targets = [(name, mod) for name, mod in model.named_modules()
                if isinstance(mod, torch.nn.Linear) and name not in skip]
+    if hessians is not None:
+        missing = [name for name, _ in targets if name not in hessians]
+        if missing:
+            raise ValueError(f"no hessian for {missing[:3]}...: build hessians with calibrate() on this model")
     for name, lin in targets:
-        p = quantize(lin.weight, pick(name, lin))
+        sch = parse_scheme(pick(name, lin))
+        p = quantize(lin.weight, sch, hessians[name] if hessians is not None and sch.wbits == 4 else None)
         q = QuantLinear(p, lin.bias)
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -765,19 +873,30 @@ def benchmark(sizes, group: int = 128, cold: bool = True, repeats: int = 5, warm
 
 # ---------------------------------------------------------------- quality on real data
 
-STDLIB_MODULES = ("abc", "argparse", "array", "ast", "asyncio", "base64", "bisect", "calendar", "cmath",
-                  "collections", "concurrent.futures", "configparser", "contextlib", "copy", "csv",
-                  "dataclasses", "datetime", "decimal", "difflib", "email", "enum", "fileinput", "fnmatch",
-                  "fractions", "functools", "getopt", "gettext", "glob", "gzip", "hashlib", "heapq", "hmac",
-                  "html", "http.client", "imaplib", "inspect", "io", "ipaddress", "itertools", "json",
-                  "locale", "logging", "lzma", "mailbox", "math", "mimetypes", "multiprocessing", "netrc",
-                  "numbers", "operator", "optparse", "os", "pathlib", "pickle", "pkgutil", "platform",
-                  "plistlib", "poplib", "pprint", "queue", "random", "re", "sched", "secrets", "selectors",
-                  "shelve", "shlex", "shutil", "smtplib", "socket", "sqlite3", "ssl", "statistics",
-                  "string", "struct", "subprocess", "sysconfig", "tarfile", "tempfile", "textwrap",
-                  "threading", "timeit", "tokenize", "traceback", "types", "typing", "unittest",
-                  "urllib.parse", "urllib.request", "uuid", "warnings", "wave", "weakref", "xml.dom.minidom",
-                  "xml.etree.ElementTree", "zipfile", "zlib")
+STDLIB_MODULES = ("abc", "argparse", "array", "ast", "asyncio", "asyncio.streams", "asyncio.subprocess", "base64",
+                  "binascii", "bisect", "bz2", "calendar", "cmath", "cmd", "code", "codecs", "codeop", "collections",
+                  "collections.abc", "colorsys", "compileall", "concurrent.futures", "concurrent.futures.thread",
+                  "configparser", "contextlib", "contextvars", "copy", "copyreg", "csv", "ctypes", "dataclasses",
+                  "datetime", "dbm", "decimal", "difflib", "dis", "doctest", "email", "email.headerregistry",
+                  "email.message", "email.mime.multipart", "email.policy", "email.utils", "encodings", "enum",
+                  "filecmp", "fileinput", "fnmatch", "fractions", "ftplib", "functools", "getopt", "getpass",
+                  "gettext", "glob", "graphlib", "gzip", "hashlib", "heapq", "hmac", "html", "http.client",
+                  "http.cookiejar", "http.cookies", "http.server", "imaplib", "importlib", "importlib.metadata",
+                  "importlib.resources", "inspect", "io", "ipaddress", "itertools", "json", "json.decoder",
+                  "json.encoder", "keyword", "linecache", "locale", "logging", "logging.config", "logging.handlers",
+                  "lzma", "mailbox", "math", "mimetypes", "mmap", "modulefinder", "multiprocessing",
+                  "multiprocessing.managers", "multiprocessing.pool", "netrc", "ntpath", "numbers", "operator",
+                  "optparse", "os", "os.path", "pathlib", "pdb", "pickle", "pickletools", "pkgutil", "platform",
+                  "plistlib", "poplib", "posixpath", "pprint", "pstats", "py_compile", "pyclbr", "pydoc", "queue",
+                  "quopri", "random", "re", "reprlib", "rlcompleter", "runpy", "sched", "secrets", "selectors",
+                  "shelve", "shlex", "shutil", "site", "smtplib", "socket", "socketserver", "sqlite3",
+                  "sqlite3.dbapi2", "ssl", "stat", "statistics", "string", "stringprep", "struct", "subprocess",
+                  "symtable", "sysconfig", "tabnanny", "tarfile", "tempfile", "textwrap", "threading", "timeit",
+                  "token", "tokenize", "trace", "traceback", "tracemalloc", "types", "typing", "unicodedata",
+                  "unittest", "unittest.mock", "urllib.parse", "urllib.request", "urllib.robotparser", "uuid", "venv",
+                  "warnings", "wave", "weakref", "wsgiref.handlers", "wsgiref.simple_server", "xml.dom.minidom",
+                  "xml.dom.pulldom", "xml.etree.ElementTree", "xml.sax", "xml.sax.saxutils", "xmlrpc.client",
+                  "xmlrpc.server", "zipapp", "zipfile", "zipimport", "zlib", "zoneinfo")
 
 
 def stdlib_docstrings(n: int, seed: int = 0, min_chars: int = 40, max_chars: int = 400) -> list[str]:
@@ -866,20 +985,27 @@ def variant_makers(dgq_group: int = 64, qserve_group: int = 128, clip_pct: float
 
 
 def quality(texts: list[str], schemes, variants: dict | None = None, finequant: bool = True,
-            batch_size: int = 64, max_seq_length: int = 128):
-    """MiniLM with every Linear quantized by each scheme: fidelity to fp32 and bits per weight."""
+            batch_size: int = 64, max_seq_length: int = 128, gptq_schemes=(), calib_texts=None):
+    """MiniLM with every Linear quantized by each scheme: fidelity to fp32 and bits per weight.
+
+    ``gptq_schemes`` are int4 schemes quantized again with GPTQ rounding, from Hessians
+    collected on ``calib_texts`` (keep them apart from ``texts``: calibrating on the test
+    sentences would flatter the result)."""
     import copy
 
     import pandas as pd
+    if gptq_schemes and not calib_texts:
+        raise ValueError("gptq_schemes need calib_texts: sentences for the calibration pass, apart from texts")
     base = load_minilm(max_seq_length)
     ref = embed(base, texts, batch_size)
+    hess = calibrate(base, lambda m: embed(m, calib_texts, batch_size)) if gptq_schemes else None
     rows = []
-    jobs = [(s, s) for s in schemes]
+    jobs = [(s, s, None) for s in schemes] + [(f"{s} GPTQ", s, hess) for s in gptq_schemes]
     if finequant:
-        jobs.append(("FineQuant adaptive w4a16", finequant_scheme(16)))
-    for label, scheme in jobs:
+        jobs.append(("FineQuant adaptive w4a16", finequant_scheme(16), None))
+    for label, scheme, h in jobs:
         model = copy.deepcopy(base)
-        report = quantize_module(model, scheme, skip=())
+        report = quantize_module(model, scheme, skip=(), hessians=h)
         bits = 8.0 * sum(r["bytes_quant"] for r in report) / sum(r["bytes_fp32"] / 4 for r in report)
         groups = sorted({r["scheme"] for r in report})
         rows.append({"scheme": label, "bits_per_weight": bits, **fidelity(ref, embed(model, texts, batch_size)),

@@ -30,17 +30,19 @@
 //   No int16 overflow: 15 * 127 * 2 and 127 * 127 * 2 are below 32767.
 //
 // Threads: OpenMP over output rows n (each thread owns whole rows, so no
-// reduction), handed out 16 rows at a time as threads become free
+// reduction), handed out a few rows at a time as threads become free
 // (schedule(dynamic)): on a shared machine a thread that loses its core for a
 // moment does not make the others wait for its fixed share.
-// int4: each row is walked once per tile of up to 4 tokens; every 64-weight
-// block is unpacked in registers and used for all tokens of the tile.
-// int8: the row is taken 256 weights at a time into an L1 buffer (|w| for the
-// integer path, fp32 for the A16 path) and used for every token.
+// W4A8: a register tile of R = 2 rows x T = 3 tokens (int4_a8_block): each
+// unpacked weight vector serves T tokens and each activation load R rows.
+// W4A16: each row is walked once per tile of up to 4 tokens.
+// int8: one row against up to 4 tokens, 32 weights at a time, in registers.
 //
-// Paths: AVX2 when the library is built for x86-64-v3 or higher (this is
-// decided at compile time; the build is per CPU feature set), plain C++
-// loops otherwise. There is no AVX-512 VNNI path yet.
+// Paths: AVX2 when the library is built for x86-64-v3 or higher (decided at
+// compile time; the build is keyed by the CPU's features, so each feature set
+// gets its own). With AVX512-VNNI (+VL) or AVX-VNNI, the integer dot products
+// use vpdpbusd into int32 lanes instead of maddubs + madd; ext.py adds the flag
+// when the CPU has it. Plain C++ loops otherwise.
 
 #include <torch/library.h>
 #include <ATen/ATen.h>
@@ -48,11 +50,37 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define EFFNB_QAVX2 1
+// u8 x s8 dot products into int32 lanes. With VNNI one instruction (vpdpbusd)
+// does it; the build for such a CPU has the flag (effnb/ext.py). The plain AVX2
+// path instead sums pairs into int16 (maddubs) and widens once per group.
+// EFFNB_QDOT32_EMULATE compiles the VNNI code path with an AVX2 stand-in for
+// vpdpbusd, so that its accumulation logic is tested on CPUs without VNNI.
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define EFFNB_QDOT32 1
+#define EFFNB_QDOT32_NAME "avx512-vnni"
+#define EFFNB_DPBUSD(acc, u, s) _mm256_dpbusd_epi32((acc), (u), (s))
+#elif defined(__AVXVNNI__)
+#define EFFNB_QDOT32 1
+#define EFFNB_QDOT32_NAME "avx-vnni"
+#define EFFNB_DPBUSD(acc, u, s) _mm256_dpbusd_avx_epi32((acc), (u), (s))
+#elif defined(EFFNB_QDOT32_EMULATE)
+#define EFFNB_QDOT32 1
+#define EFFNB_QDOT32_NAME "avx2-emulated-vnni"
+#define EFFNB_DPBUSD(acc, u, s) \
+  _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), _mm256_set1_epi16(1)))
+#endif
+#ifndef EFFNB_Q4_R
+#define EFFNB_Q4_R 2
+#endif
+#ifndef EFFNB_Q4_T
+#define EFFNB_Q4_T 3
+#endif
 #elif defined(__F16C__)
 #include <immintrin.h>
 #endif
@@ -164,7 +192,7 @@ void int8_tile(const Int8Args& A, int64_t row, int64_t i0, bool a8, float* py, i
   const float sw = A.scales[row];
 #if defined(EFFNB_QAVX2)
   if (a8) {
-    const __m256i ones = _mm256_set1_epi16(1);
+    [[maybe_unused]] const __m256i ones = _mm256_set1_epi16(1);
     __m256i acc[MT];
     for (int t = 0; t < MT; ++t) acc[t] = _mm256_setzero_si256();
     for (int64_t k = 0; k < A.kp; k += 32) {
@@ -172,8 +200,12 @@ void int8_tile(const Int8Args& A, int64_t row, int64_t i0, bool a8, float* py, i
       const __m256i wa = _mm256_abs_epi8(wv);
       for (int t = 0; t < MT; ++t) {
         const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(A.xq + (i0 + t) * A.kp + k));
+#if defined(EFFNB_QDOT32)
+        acc[t] = EFFNB_DPBUSD(acc[t], wa, _mm256_sign_epi8(a, wv));
+#else
         const __m256i p = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(a, wv));
         acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(p, ones));
+#endif
       }
     }
     for (int t = 0; t < MT; ++t)
@@ -263,9 +295,9 @@ at::Tensor quant_w8_linear(const at::Tensor& x, const at::Tensor& q, const at::T
 // every token of the tile, so nothing is written back to memory. Chunk c of 32
 // weights belongs to group c / (G/32); when a group ends its partial sums are
 // scaled and added to the token's accumulator.
-//   a8:  int16 sums of maddubs (at most 8 chunks: 8 * 2 * 15 * 127 < 32767), then
-//        madd to int32, to fp32, times s_w * s_a.
-//   a16: u converted to fp32 (the dequantization QServe measures), fma with x.
+//   a16 (AVX2): u converted to fp32 (the dequantization QServe measures), fma with x.
+//   plain C++ (no AVX2): a16 and a8, one weight at a time.
+// W4A8 with AVX2 runs int4_a8_block below instead.
 
 struct Int4Args {
   const uint8_t* w;
@@ -287,75 +319,12 @@ void int4_tile(const Int4Args& A, int64_t row, int64_t i0, bool a8, float* py, i
   const int64_t nchunks = A.kp / 32;
   float corr[MT] = {0};
 #if defined(EFFNB_QAVX2)
+  // with AVX2 this tile runs W4A16 only; W4A8 goes to int4_a8_block
+  (void)a8;
   const __m256i mask = _mm256_set1_epi8(0x0F);
-  const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[MT];
   for (int t = 0; t < MT; ++t) acc[t] = _mm256_setzero_ps();
-  if (a8 && A.group % 64 == 0) {
-    // groups of whole 64-weight blocks: one load gives two chunks of the same group
-    const int64_t bpg = A.group / 64;
-    for (int64_t g = 0; g < A.ng; ++g) {
-      const float sw = half_to_float(A.scales[row * A.ng + g]);
-      const uint8_t* wg = w + g * (A.group / 2);
-      for (int64_t b0 = 0; b0 < bpg; b0 += 4) {  // 4 blocks = 8 maddubs per int16 sum at most
-        __m256i s16[MT];
-        for (int t = 0; t < MT; ++t) s16[t] = _mm256_setzero_si256();
-        const int64_t b1 = std::min(bpg, b0 + 4);
-        for (int64_t b = b0; b < b1; ++b) {
-          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wg + 32 * b));
-          const __m256i lo = _mm256_and_si256(v, mask);
-          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-          for (int t = 0; t < MT; ++t) {
-            const int8_t* a = A.xq + (i0 + t) * A.kp + g * A.group + 64 * b;
-            const __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a)));
-            const __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + 32)));
-            s16[t] = _mm256_add_epi16(s16[t], _mm256_add_epi16(p0, p1));
-          }
-        }
-        for (int t = 0; t < MT; ++t) {
-          const float sc = sw * A.xs[(i0 + t) * A.ng + g];
-          acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s16[t], ones)), _mm256_set1_ps(sc), acc[t]);
-        }
-      }
-      const float swz = sw * (A.zeros ? static_cast<float>(A.zeros[row * A.ng + g]) : 8.0f);
-      for (int t = 0; t < MT; ++t) corr[t] += swz * A.xc[(i0 + t) * A.ng + g];
-    }
-  } else if (a8) {
-    __m256i s16[MT];
-    for (int t = 0; t < MT; ++t) s16[t] = _mm256_setzero_si256();
-    int64_t g = 0, in_group = 0, pending = 0;
-    for (int64_t c = 0; c < nchunks; ++c) {
-      __m256i u;
-      if ((c & 1) == 0) {
-        u = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 16 * c)), mask);
-      } else {
-        u = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 16 * (c - 1))), 4), mask);
-      }
-      for (int t = 0; t < MT; ++t) {
-        const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(A.xq + (i0 + t) * A.kp + 32 * c));
-        s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(u, a));
-      }
-      ++in_group;
-      ++pending;
-      const bool end = in_group == cpg;
-      if (end || pending == 8) {
-        const float sw = half_to_float(A.scales[row * A.ng + g]);
-        for (int t = 0; t < MT; ++t) {
-          const float sc = sw * A.xs[(i0 + t) * A.ng + g];
-          acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s16[t], ones)), _mm256_set1_ps(sc), acc[t]);
-          s16[t] = _mm256_setzero_si256();
-        }
-        pending = 0;
-        if (end) {
-          const float z = A.zeros ? static_cast<float>(A.zeros[row * A.ng + g]) : 8.0f;
-          const float swz = sw * z;
-          for (int t = 0; t < MT; ++t) corr[t] += swz * A.xc[(i0 + t) * A.ng + g];
-          ++g;
-          in_group = 0;
-        }
-      }
-    }
-  } else {
+  {
     __m256 s[MT];
     for (int t = 0; t < MT; ++t) s[t] = _mm256_setzero_ps();
     int64_t g = 0, in_group = 0;
@@ -422,6 +391,123 @@ void int4_tile(const Int4Args& A, int64_t row, int64_t i0, bool a8, float* py, i
 #endif
 }
 
+#if defined(EFFNB_QAVX2)
+// ---------------------------------------------------------------- int4 x int8 block kernel (AVX2)
+//
+// R output rows x T tokens at once. Per 32-weight chunk: R weight vectors are
+// unpacked once and each token's 32 activation bytes are loaded once, then
+// R * T maddubs. Against one row at a time this cuts the activation bytes read
+// per weight by R: at M = 16..64 the activations (M * K bytes) live in L2, and
+// streaming them once per row was what limited the earlier kernel. int16 sums
+// are flushed to fp32 every group or every 8 chunks (8 * 2 * 15 * 127 < 32767).
+
+// one 32-weight chunk (HI: the high nibbles of its 64-weight block at byte `off`)
+// into the R x T int16 sums
+template <int R, int T, bool HI>
+inline __attribute__((always_inline)) void int4_a8_chunk(const uint8_t* const* w, const int8_t* const* a,
+                                                         int64_t off, int64_t k, __m256i (&s16)[R][T]) {
+  const __m256i mask = _mm256_set1_epi8(0x0F);
+  __m256i u[R];
+  for (int r = 0; r < R; ++r) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + off));
+    u[r] = _mm256_and_si256(HI ? _mm256_srli_epi16(v, 4) : v, mask);
+  }
+  for (int t = 0; t < T; ++t) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[t] + k));
+    for (int r = 0; r < R; ++r) {
+#if defined(EFFNB_QDOT32)
+      s16[r][t] = EFFNB_DPBUSD(s16[r][t], u[r], x);  // int32 lanes here
+#else
+      s16[r][t] = _mm256_add_epi16(s16[r][t], _mm256_maddubs_epi16(u[r], x));
+#endif
+    }
+  }
+}
+
+// int16 sums -> fp32 accumulators, scaled by s_w * s_a of group g; sums reset
+template <int R, int T>
+inline __attribute__((always_inline)) void int4_a8_flush(const Int4Args& A, int64_t row0, int64_t i0, int64_t g,
+                                                         __m256i (&s16)[R][T], __m256 (&acc)[R][T]) {
+  [[maybe_unused]] const __m256i ones = _mm256_set1_epi16(1);
+  for (int r = 0; r < R; ++r) {
+    const float sw = half_to_float(A.scales[(row0 + r) * A.ng + g]);
+    for (int t = 0; t < T; ++t) {
+      const float sc = sw * A.xs[(i0 + t) * A.ng + g];
+#if defined(EFFNB_QDOT32)
+      const __m256i i32 = s16[r][t];
+#else
+      const __m256i i32 = _mm256_madd_epi16(s16[r][t], ones);
+#endif
+      acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32), _mm256_set1_ps(sc), acc[r][t]);
+      s16[r][t] = _mm256_setzero_si256();
+    }
+  }
+}
+
+template <int R, int T>
+void int4_a8_block(const Int4Args& A, int64_t row0, int64_t i0, float* py, int64_t n) {
+  const int64_t cpg = A.group / 32, nchunks = A.kp / 32;
+  const uint8_t* w[R];
+  const int8_t* a[T];
+  for (int r = 0; r < R; ++r) w[r] = A.w + (row0 + r) * (A.kp / 2);
+  for (int t = 0; t < T; ++t) a[t] = A.xq + (i0 + t) * A.kp;
+  __m256 acc[R][T];
+  float corr[R][T];
+  __m256i s16[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t)
+      acc[r][t] = _mm256_setzero_ps(), corr[r][t] = 0.0f, s16[r][t] = _mm256_setzero_si256();
+  auto flush = [&](int64_t g) __attribute__((always_inline)) { int4_a8_flush<R, T>(A, row0, i0, g, s16, acc); };
+
+  if (A.group % 64 == 0) {
+    // whole 64-weight blocks per group: flush after each group or 4 blocks (8 chunks)
+    const int64_t bpg = A.group / 64;
+    for (int64_t g = 0; g < A.ng; ++g)
+      for (int64_t b0 = g * bpg; b0 < (g + 1) * bpg; b0 += 4) {
+        const int64_t b1 = std::min((g + 1) * bpg, b0 + 4);
+        for (int64_t b = b0; b < b1; ++b) {
+          int4_a8_chunk<R, T, false>(w, a, 32 * b, 64 * b, s16);
+          int4_a8_chunk<R, T, true>(w, a, 32 * b, 64 * b + 32, s16);
+        }
+        flush(g);
+      }
+  } else {
+    // groups of an odd number of chunks (32, 96, ...): walk chunk by chunk
+    int64_t g = 0, in_group = 0, pending = 0;
+    for (int64_t c = 0; c < nchunks; ++c) {
+      if (c & 1)
+        int4_a8_chunk<R, T, true>(w, a, 16 * (c - 1), 32 * c, s16);
+      else
+        int4_a8_chunk<R, T, false>(w, a, 16 * c, 32 * c, s16);
+      ++pending;
+      if (++in_group == cpg) {
+        flush(g++);
+        in_group = pending = 0;
+      } else if (pending == 8) {
+        flush(g);
+        pending = 0;
+      }
+    }
+  }
+  for (int64_t g = 0; g < A.ng; ++g)
+    for (int r = 0; r < R; ++r) {
+      const float sw = half_to_float(A.scales[(row0 + r) * A.ng + g]);
+      const float swz = sw * (A.zeros ? static_cast<float>(A.zeros[(row0 + r) * A.ng + g]) : 8.0f);
+      for (int t = 0; t < T; ++t) corr[r][t] += swz * A.xc[(i0 + t) * A.ng + g];
+    }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) py[(i0 + t) * n + row0 + r] = hsum(acc[r][t]) - corr[r][t];
+}
+
+// all tokens against rows [row0, row0 + R)
+template <int R>
+void int4_a8_rows(const Int4Args& A, int64_t row0, int64_t m, float* py, int64_t n) {
+  int64_t i0 = 0;
+  for (; i0 + EFFNB_Q4_T <= m; i0 += EFFNB_Q4_T) int4_a8_block<R, EFFNB_Q4_T>(A, row0, i0, py, n);
+  for (; i0 < m; ++i0) int4_a8_block<R, 1>(A, row0, i0, py, n);
+}
+#endif
+
 // ---------------------------------------------------------------- int4 weights
 
 at::Tensor quant_w4_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
@@ -471,6 +557,23 @@ at::Tensor quant_w4_linear(const at::Tensor& x, const at::Tensor& packed, const 
   std::vector<float> xc(a8 ? m * ng : 0);
   for (size_t j = 0; j < xc.size(); ++j) xc[j] = xs[j] * static_cast<float>(xsum[j]);
   const Int4Args args{pw, psc, pz, kp, ng, group, xp.data(), xsumf.data(), xq.data(), xs.data(), xsum.data(), xc.data()};
+#if defined(EFFNB_QAVX2)
+  if (a8) {
+    constexpr int64_t R = EFFNB_Q4_R;
+    const int64_t nblocks = (n + R - 1) / R;
+#pragma omp parallel for schedule(dynamic, 4)
+    for (int64_t b = 0; b < nblocks; ++b) {
+      const int64_t row0 = b * R;
+      switch (std::min<int64_t>(R, n - row0)) {
+        case 1: int4_a8_rows<1>(args, row0, m, py, n); break;
+        case 2: int4_a8_rows<2>(args, row0, m, py, n); break;
+        case 3: int4_a8_rows<3>(args, row0, m, py, n); break;
+        default: int4_a8_rows<R>(args, row0, m, py, n); break;
+      }
+    }
+    return y;
+  }
+#endif
 #pragma omp parallel for schedule(dynamic, 16)
   for (int64_t row = 0; row < n; ++row) {
     for (int64_t i0 = 0; i0 < m; i0 += 4) {
@@ -486,9 +589,21 @@ at::Tensor quant_w4_linear(const at::Tensor& x, const at::Tensor& packed, const 
   return y;
 }
 
+// which integer dot-product path this build runs (the chapter prints it)
+std::string quant_path() {
+#if defined(EFFNB_QDOT32)
+  return EFFNB_QDOT32_NAME;
+#elif defined(EFFNB_QAVX2)
+  return "avx2";
+#else
+  return "scalar";
+#endif
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(effnb, m) {
+  m.def("quant_path() -> str", &quant_path);  // no tensors: no dispatch key, so defined here
   m.def("quant_w8_linear(Tensor x, Tensor q, Tensor scales, bool a8) -> Tensor");
   m.def("quant_w4_linear(Tensor x, Tensor packed, Tensor scales, Tensor zeros, int group, bool a8) -> Tensor");
 }

@@ -1,13 +1,18 @@
 """effnb.quant: packing, the C++ kernels against the torch reference, the module API, the variants."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from effnb import provenance
 from effnb import quant as Q
 
 SCHEMES = ["w8a16", "w8a8", "w4a16-g32", "w4a16-g64", "w4a16-g128", "w4a8-g32", "w4a8-g64",
-           "w4a8-g128", "w4a16-g64-asym", "w4a8-g128-asym", "w4a16", "w4a8-g256"]
+           "w4a8-g128", "w4a16-g64-asym", "w4a8-g128-asym", "w4a16", "w4a8-g256", "w4a8-g512-asym", "w4a8-g96"]
 CPP = Q.backend() == "cpp"
 
 
@@ -68,7 +73,7 @@ def test_linear_matches_reference(m, n, k, scheme, seed):
     assert float((y - r).abs().max()) <= 1e-5 * scale_of(x, w)
 
 
-@pytest.mark.parametrize("scheme", ["w8a8", "w4a8-g64", "w4a16-g128-asym", "w8a16"])
+@pytest.mark.parametrize("scheme", ["w8a8", "w4a8-g64", "w4a8-g32", "w4a16-g128-asym", "w8a16"])
 @pytest.mark.parametrize("m", [1, 5, 17, 64])
 def test_linear_awkward_and_batched(scheme, m):
     """M past the 4-token tile, K not a multiple of anything, zero rows, huge values."""
@@ -83,6 +88,24 @@ def test_linear_awkward_and_batched(scheme, m):
     # a zero weight row: the zero-point correction cancels up to rounding
     assert float(y[:, 3].abs().max()) <= 1e-5 * scale_of(x, w)
 
+
+
+@pytest.mark.skipif(not CPP or "avx2" not in provenance.isa_features(), reason="needs the AVX2 build")
+def test_vnni_code_path_with_an_avx2_stand_in():
+    """The VNNI path (vpdpbusd into int32 lanes, no int16 sums) cannot run on a CPU without VNNI.
+    Compiled with an AVX2 stand-in for the one instruction, its accumulation logic must pass
+    the kernel tests above; a VNNI machine runs the real instruction through the same tests."""
+    env = {**os.environ, "EFFNB_CXXFLAGS": "-DEFFNB_QDOT32_EMULATE"}
+    build = subprocess.run([sys.executable, "-m", "effnb.ext", "build"], env=env, capture_output=True, text=True)
+    assert build.returncode == 0, build.stdout + build.stderr
+    path = subprocess.run([sys.executable, "-c", "import torch; from effnb import ext; ext.load(); "
+                           "print(torch.ops.effnb.quant_path())"], env=env, capture_output=True, text=True)
+    assert path.stdout.strip() == "avx2-emulated-vnni", path.stdout + path.stderr
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+                          f"{__file__}::test_linear_matches_reference", f"{__file__}::test_linear_awkward_and_batched"],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and "skipped" not in run.stdout
 
 def test_quantization_is_accurate_enough():
     g = torch.Generator().manual_seed(0)
@@ -172,6 +195,64 @@ def test_kernel_and_torch_paths_of_quantlinear_agree():
     x = torch.randn(7, 160)
     assert torch.allclose(Q.linear(x, p), Q.fake_linear(x, p), atol=1e-4, rtol=1e-4)
 
+
+
+# ---------------------------------------------------------------- GPTQ and calibration
+
+def correlated_inputs(rows, k, seed=0):
+    """Inputs that mostly live in a subspace of a quarter of the channels, with channels of very
+    different sizes: the correlations GPTQ exploits (a transformer's activations have them)."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.randn(rows, k // 4, generator=g) @ torch.randn(k // 4, k, generator=g)
+    x = low + 0.05 * torch.randn(rows, k, generator=g)
+    return x * torch.logspace(-0.5, 0.5, k)[torch.randperm(k, generator=g)]
+
+
+@pytest.mark.parametrize("scheme", ["w4a16-g64", "w4a8-g32-asym", "w4a16"])
+def test_gptq_lowers_the_output_error_in_the_same_format(scheme):
+    n, k = 40, 200
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(3))
+    x = correlated_inputs(2000, k)
+    rtn, gq = Q.quantize(w, scheme), Q.quantize(w, scheme, hessian=x.double().T @ x.double())
+    assert (gq.q.shape, gq.scales.shape, gq.zeros.shape) == (rtn.q.shape, rtn.scales.shape, rtn.zeros.shape)
+    err = lambda p: float((x @ w.T - x @ Q.dequantize(p).T).norm())
+    assert err(gq) < 0.8 * err(rtn)
+    xt = x[:5]
+    assert float((Q.linear(xt, gq) - Q.linear_ref(xt, gq)).abs().max()) <= 1e-5 * scale_of(xt, w)
+    assert bool((Q.dequantize(gq)[:, k:] == 0).all()) and Q.unpack_int4(gq.q).max() <= 15
+
+
+def test_gptq_bad_inputs_are_clear_errors():
+    w = torch.randn(8, 64)
+    with pytest.raises(ValueError, match="hessian must be"):
+        Q.quantize(w, "w4a16-g32", hessian=torch.eye(63))
+    with pytest.raises(ValueError, match="int4"):
+        Q.quantize(w, "w8a16", hessian=torch.eye(64))
+    with pytest.raises(ValueError, match="NaN"):
+        Q.quantize(w, "w4a16-g32", hessian=torch.full((64, 64), float("nan")))
+    dead = torch.zeros(64, 64)  # an input channel that is always zero is fine: its weights are dropped
+    dead[:32, :32] = torch.eye(32)
+    p = Q.quantize(w, "w4a16-g32", hessian=dead)
+    assert bool((Q.dequantize(p)[:, 32:] == 0).all())
+
+
+def test_calibrate_collects_xtx_and_removes_its_hooks():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    x = torch.randn(2, 5, 8)
+    h = Q.calibrate(model, lambda m: m(x))
+    flat = x.reshape(-1, 8).double()
+    assert torch.allclose(h["0"], flat.T @ flat)
+    assert h["2"].shape == (16, 16)
+    assert not model[0]._forward_hooks and not model[2]._forward_hooks
+    ref = model(x)
+    report = Q.quantize_module(model, "w4a16-g32", hessians=h)
+    with torch.no_grad():
+        assert len(report) == 2 and float((model(x) - ref).norm() / ref.norm()) < 0.2
+    with pytest.raises(ValueError, match="no hessian"):
+        Q.quantize_module(torch.nn.Sequential(torch.nn.Linear(8, 8)), "w4a16-g32", hessians={})
+    with pytest.raises(ValueError, match="never called"):
+        Q.calibrate(torch.nn.Sequential(torch.nn.Linear(8, 8)), lambda m: None)
 
 def test_finequant_refines_only_with_outliers():
     g = torch.Generator().manual_seed(1)
