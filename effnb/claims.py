@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import math
 import operator
+import re
 from dataclasses import asdict, dataclass
 
 REPRODUCED = "reproduced"
@@ -40,12 +41,17 @@ class Claim:
         return asdict(self)
 
 
-def _fmt(x: float | None) -> str:
+def _fmt(x: float | None, target: str = "") -> str:
+    """3 significant digits, more when 3 would print the target's own number (0.98 for 0.9797)."""
     if x is None:
         return "-"
-    if x == 0 or 1e-3 <= abs(x) < 1e5:
-        return f"{x:.3g}"
-    return f"{x:.2e}"
+    if not (x == 0 or 1e-3 <= abs(x) < 1e5):
+        return f"{x:.2e}"
+    m = re.search(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", target or "")
+    digits = 3
+    while m and digits < 8 and float(f"{x:.{digits}g}") == float(m.group()) and x != float(m.group()):
+        digits += 1
+    return f"{x:.{digits}g}"
 
 
 class Ledger:
@@ -95,7 +101,7 @@ class Ledger:
 
     def __repr__(self) -> str:
         lines = [f"{c.verdict.upper():>26}  {c.paper}: {c.statement} (paper {c.quoted}; "
-                 f"ours {_fmt(c.measured)} {c.unit}; target {c.target})" for c in self.claims]
+                 f"ours {_fmt(c.measured, c.target)} {c.unit}; target {c.target})" for c in self.claims]
         return "\n".join(lines) or "(no claims)"
 
 
@@ -112,7 +118,7 @@ def claims_table_html(rows: list[dict], extra_columns: tuple[str, ...] = ()) -> 
         for c in cols:
             v = r.get(c)
             if c == "measured":
-                v = f"{_fmt(v)} {r.get('unit', '')}".strip()
+                v = f"{_fmt(v, str(r.get('target') or ''))} {r.get('unit', '')}".strip()
             style = f' style="background:{_COLOURS.get(r["verdict"], "")}"' if c == "verdict" else ""
             cells.append(f"<td{style}>{html.escape('' if v is None else str(v))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")

@@ -70,8 +70,20 @@ def parse_scheme(scheme: str | Scheme) -> Scheme:
     return Scheme(wb, ab, group, asym)
 
 
+class _WeightBytes:
+    """Size of a packed weight: every tensor the kernel reads (codes, scales, zeros)."""
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.parts())
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.nbytes / (self.n * self.k)
+
+
 @dataclass
-class Packed:
+class Packed(_WeightBytes):
     """A quantized weight [N, K] ready for :func:`linear`."""
     scheme: Scheme
     n: int
@@ -82,14 +94,8 @@ class Packed:
     scales: torch.Tensor       # fp32 [N] (int8) or fp16 [N, kp/group] (int4)
     zeros: torch.Tensor        # uint8 [N, kp/group], empty when symmetric
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes the kernel reads for the weight: codes, scales and zeros."""
-        return sum(t.numel() * t.element_size() for t in (self.q, self.scales, self.zeros))
-
-    @property
-    def bits_per_weight(self) -> float:
-        return 8.0 * self.nbytes / (self.n * self.k)
+    def parts(self) -> tuple:
+        return self.q, self.scales, self.zeros
 
 
 def _round_up(k: int, m: int) -> int:
@@ -280,7 +286,7 @@ def quantize_acts(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tens
     return q.reshape(m, k).to(torch.int8), amax / 127.0
 
 
-def _prep_x(x: torch.Tensor, p: Packed) -> tuple[torch.Tensor, tuple]:
+def _prep_x(x: torch.Tensor, p) -> tuple[torch.Tensor, tuple]:
     if not isinstance(x, torch.Tensor):
         raise TypeError("x must be a torch tensor")
     if x.shape[-1] != p.k:
@@ -525,7 +531,78 @@ def dgq_quantize(weight: torch.Tensor, group: int = 64, clip_grid=(1.0, 0.95, 0.
     w8 = (out["q"] * out["kint"][..., None]).reshape(n, kp)[:, :k]
     assert float(w8.abs().max()) <= 127
     return {"w8": w8.to(torch.int8), "scale": out["sc"], "group_scale": out["kint"].to(torch.uint8),
+            "codes": out["q"].reshape(n, kp).to(torch.int8),
             "weight": out["deq"].reshape(n, kp)[:, :k].contiguous()}
+
+
+@dataclass
+class DGQPacked(_WeightBytes):
+    """DGQ's dual-grained int4 weight for :func:`dgq_linear`:
+    ``W[n, k] = scale[n] * kint[n, g] * (u[n, k] - 8)``, u the int4 layout of :func:`pack_int4`."""
+    n: int
+    k: int
+    kp: int
+    group: int
+    q: torch.Tensor      # uint8 [N, kp/2]: codes + 8, two per byte
+    kint: torch.Tensor   # uint8 [N, kp/group]: integer group scales, 1..15
+    scale: torch.Tensor  # fp32 [N]: channel scales
+
+    def parts(self) -> tuple:
+        return self.q, self.kint, self.scale
+
+
+def _check_dgq_group(group: int) -> None:
+    if group < 64 or group % 64:
+        raise ValueError(f"DGQ group={group}: use a multiple of 64 (64, 128, 256); the kernel takes whole "
+                         "64-weight blocks per group")
+
+
+def dgq_pack(weight: torch.Tensor, group: int = 128) -> DGQPacked:
+    """Quantize ``weight`` [N, K] with :func:`dgq_quantize` and pack it for the DGQ kernel."""
+    _check_dgq_group(group)
+    out = dgq_quantize(weight, group)
+    n, k = weight.shape
+    return DGQPacked(n, k, out["codes"].shape[1], group, pack_int4((out["codes"] + 8).to(torch.uint8)),
+                     out["group_scale"].contiguous(), out["scale"].float().contiguous())
+
+
+def random_dgq(n: int, k: int, group: int = 128, seed: int = 0) -> DGQPacked:
+    """Random DGQ codes and scales of the right shapes (for benchmarks)."""
+    _check_dgq_group(group)
+    g = torch.Generator().manual_seed(seed)
+    kp = _round_up(k, group)
+    u = torch.randint(0, 16, (n, kp), generator=g, dtype=torch.uint8)
+    u[:, k:] = 8
+    return DGQPacked(n, k, kp, group, pack_int4(u), torch.randint(1, 16, (n, kp // group), generator=g,
+                     dtype=torch.uint8), torch.rand(n, generator=g) * 1e-3 + 1e-4)
+
+
+def dgq_dequantize(p: DGQPacked) -> torch.Tensor:
+    """The fp32 weight [N, K] that ``p`` represents."""
+    q = unpack_int4(p.q).float().reshape(p.n, p.kp // p.group, p.group) - 8.0
+    return (q * p.kint.float()[..., None] * p.scale[:, None, None]).reshape(p.n, p.kp)[:, :p.k].contiguous()
+
+
+def dgq_linear_ref(x: torch.Tensor, p: DGQPacked) -> torch.Tensor:
+    """Reference in float64: int8 activations with one scale per token, times the DGQ weight."""
+    if not isinstance(p, DGQPacked):
+        raise TypeError("p must come from effnb.quant.dgq_pack(weight, group)")
+    x2, lead = _prep_x(x, p)
+    xp = torch.nn.functional.pad(x2, (0, p.kp - p.k))
+    q, sx = quantize_acts(xp, p.kp)
+    w = torch.nn.functional.pad(dgq_dequantize(p), (0, p.kp - p.k)).double()
+    return ((q.double() * sx.double()) @ w.T).float().reshape(*lead, p.n)
+
+
+def dgq_linear(x: torch.Tensor, p: DGQPacked) -> torch.Tensor:
+    """``x @ W^T`` with DGQ's W4A8 kernel (``torch.ops.effnb.quant_dgq_linear``): the integer group
+    scales multiply inside the integer pipeline, so nothing is converted to fp32 per group."""
+    if not isinstance(p, DGQPacked):
+        raise TypeError("p must come from effnb.quant.dgq_pack(weight, group)")
+    x2, lead = _prep_x(x, p)
+    if backend() != "cpp":
+        return dgq_linear_ref(x2, p).reshape(*lead, p.n)
+    return torch.ops.effnb.quant_dgq_linear(x2, p.q, p.kint, p.scale, p.group).reshape(*lead, p.n)
 
 
 def percentile_clip(x: torch.Tensor, pct: float = 99.9) -> torch.Tensor:
@@ -706,7 +783,7 @@ def ort_name(group: int, accuracy_level: int) -> str:
     return f"ort MatMulNBits g{group} acc{accuracy_level} ({ORT_PEERS[accuracy_level]})"
 
 
-def peer_factories(group: int = 128, ours=("w8a16", "w8a8", "w4a16", "w4a8"), peers=True,
+def peer_factories(group: int = 128, ours=("w8a16", "w8a8", "w4a16", "w4a8", "dgq"), peers=True,
                    threads: int | None = None, ort_levels=(4,)) -> dict:
     """Benchmark providers: name -> factory(size) -> no-argument callable; size = (M, N, K).
 
@@ -722,6 +799,8 @@ def peer_factories(group: int = 128, ours=("w8a16", "w8a8", "w4a16", "w4a8"), pe
     activations, every weight dequantized: much slower). Every call of a factory
     returns a distinct copy of the weights (cloned from one random original, which is
     much faster than drawing each), so a cold benchmark really streams them from memory.
+    ``ours`` names our kernels: schemes without the group (``w4a8`` runs ``w4a8-g<group>``)
+    and ``dgq`` for DGQ's W4A8 kernel (:func:`dgq_linear`).
     """
     F = torch.nn.functional
     base: dict = {}
@@ -795,6 +874,8 @@ def peer_factories(group: int = 128, ours=("w8a16", "w8a8", "w4a16", "w4a8"), pe
             for level in ort_levels:
                 out[ort_name(group, level)] = lambda size, level=level: ort_f(size, level)
     for s in ours:
+        if s == "dgq":
+            continue
         scheme = s if s.startswith("w8") else f"{s}-g{group}"
 
         def ours_f(size, scheme=scheme):
@@ -804,6 +885,14 @@ def peer_factories(group: int = 128, ours=("w8a16", "w8a8", "w4a16", "w4a8"), pe
             x = x_of(m, k)
             return lambda: linear(x, p)
         out[f"ours {scheme}"] = ours_f
+    if "dgq" in ours:
+        def dgq_f(size):
+            m, n, k = size
+            p0 = once(("dgq", n, k), lambda: random_dgq(n, k, group))
+            p = DGQPacked(p0.n, p0.k, p0.kp, p0.group, p0.q.clone(), p0.kint.clone(), p0.scale.clone())
+            x = x_of(m, k)
+            return lambda: dgq_linear(x, p)
+        out[f"ours dgq-w4a8-g{group}"] = dgq_f
     return out
 
 
@@ -819,6 +908,8 @@ def weight_bytes(name: str, n: int, k: int, group: int = 128) -> float:
         return n * k + 4.0 * n
     if "int4pack" in name:
         return n * k / 2 + 4.0 * n * (k // group)
+    if name.startswith("ours dgq"):
+        return float(random_dgq(1, k, group).nbytes - 4) * n + 4.0 * n
     if name.startswith("ours"):
         return float(random_packed(name.split()[1], 1, k).nbytes) * n
     if name.startswith("ort MatMulNBits"):
@@ -835,7 +926,7 @@ def bytes_moved(name: str, size, group: int = 128) -> float:
 
 
 def benchmark(sizes, group: int = 128, cold: bool = True, repeats: int = 5, warmup: int = 2,
-              ours=("w8a16", "w8a8", "w4a16", "w4a8"), peers: bool = True, rounds: int = 1,
+              ours=("w8a16", "w8a8", "w4a16", "w4a8", "dgq"), peers: bool = True, rounds: int = 1,
               threads: int | None = None, ort_levels=(4,)):
     """All providers at all (M, N, K) sizes in one run; tidy frame with GB/s and GFLOP/s.
 

@@ -2,6 +2,7 @@
 //
 //   torch.ops.effnb.quant_w8_linear(x, q, scales, a8)                  -> y = x @ W^T
 //   torch.ops.effnb.quant_w4_linear(x, packed, scales, zeros, group, a8) -> y = x @ W^T
+//   torch.ops.effnb.quant_dgq_linear(x, packed, kint, scale, group)      -> y = x @ W^T (DGQ, W4A8)
 //
 // x is fp32 [M, K]; y is fp32 [M, N]. effnb/quant.py builds the packed weights
 // and explains the formats; in short:
@@ -77,6 +78,9 @@
 #endif
 #ifndef EFFNB_Q4_R
 #define EFFNB_Q4_R 2
+#endif
+#ifndef EFFNB_Q4_RMIN
+#define EFFNB_Q4_RMIN 8
 #endif
 #ifndef EFFNB_Q4_T
 #define EFFNB_Q4_T 3
@@ -392,13 +396,13 @@ void int4_tile(const Int4Args& A, int64_t row, int64_t i0, bool a8, float* py, i
 }
 
 #if defined(EFFNB_QAVX2)
-// ---------------------------------------------------------------- int4 x int8 block kernel (AVX2)
+// ---------------------------------------------------------------- int4 x int8 block kernel (AVX2, VNNI)
 //
 // R output rows x T tokens at once. Per 32-weight chunk: R weight vectors are
 // unpacked once and each token's 32 activation bytes are loaded once, then
-// R * T maddubs. Against one row at a time this cuts the activation bytes read
-// per weight by R: at M = 16..64 the activations (M * K bytes) live in L2, and
-// streaming them once per row was what limited the earlier kernel. int16 sums
+// R * T maddubs (or vpdpbusd). Against one row x 4 tokens (the first version)
+// this cuts activation loads per multiply by R; larger tiles than 2 x 3 ran
+// slower here (AVX2 has 16 vector registers and the sums spill). int16 sums
 // are flushed to fp32 every group or every 8 chunks (8 * 2 * 15 * 127 < 32767).
 
 // one 32-weight chunk (HI: the high nibbles of its 64-weight block at byte `off`)
@@ -424,15 +428,14 @@ inline __attribute__((always_inline)) void int4_a8_chunk(const uint8_t* const* w
   }
 }
 
-// int16 sums -> fp32 accumulators, scaled by s_w * s_a of group g; sums reset
+// int16 sums -> fp32 accumulators, scaled by s_w (sw[r], of group g) * s_a; sums reset
 template <int R, int T>
-inline __attribute__((always_inline)) void int4_a8_flush(const Int4Args& A, int64_t row0, int64_t i0, int64_t g,
+inline __attribute__((always_inline)) void int4_a8_flush(const Int4Args& A, int64_t i0, int64_t g, const float (&sw)[R],
                                                          __m256i (&s16)[R][T], __m256 (&acc)[R][T]) {
   [[maybe_unused]] const __m256i ones = _mm256_set1_epi16(1);
   for (int r = 0; r < R; ++r) {
-    const float sw = half_to_float(A.scales[(row0 + r) * A.ng + g]);
     for (int t = 0; t < T; ++t) {
-      const float sc = sw * A.xs[(i0 + t) * A.ng + g];
+      const float sc = sw[r] * A.xs[(i0 + t) * A.ng + g];
 #if defined(EFFNB_QDOT32)
       const __m256i i32 = s16[r][t];
 #else
@@ -457,20 +460,33 @@ void int4_a8_block(const Int4Args& A, int64_t row0, int64_t i0, float* py, int64
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t)
       acc[r][t] = _mm256_setzero_ps(), corr[r][t] = 0.0f, s16[r][t] = _mm256_setzero_si256();
-  auto flush = [&](int64_t g) __attribute__((always_inline)) { int4_a8_flush<R, T>(A, row0, i0, g, s16, acc); };
+  // weight scales of group g (fp16 -> fp32 once per group and row), and the group's zero-point term
+  auto scales_of = [&](int64_t g, float (&sw)[R]) __attribute__((always_inline)) {
+    for (int r = 0; r < R; ++r) sw[r] = half_to_float(A.scales[(row0 + r) * A.ng + g]);
+  };
+  auto zero_point = [&](int64_t g, const float (&sw)[R]) __attribute__((always_inline)) {
+    for (int r = 0; r < R; ++r) {
+      const float swz = sw[r] * (A.zeros ? static_cast<float>(A.zeros[(row0 + r) * A.ng + g]) : 8.0f);
+      for (int t = 0; t < T; ++t) corr[r][t] += swz * A.xc[(i0 + t) * A.ng + g];
+    }
+  };
 
   if (A.group % 64 == 0) {
     // whole 64-weight blocks per group: flush after each group or 4 blocks (8 chunks)
     const int64_t bpg = A.group / 64;
-    for (int64_t g = 0; g < A.ng; ++g)
+    for (int64_t g = 0; g < A.ng; ++g) {
+      float sw[R];
+      scales_of(g, sw);
       for (int64_t b0 = g * bpg; b0 < (g + 1) * bpg; b0 += 4) {
         const int64_t b1 = std::min((g + 1) * bpg, b0 + 4);
         for (int64_t b = b0; b < b1; ++b) {
           int4_a8_chunk<R, T, false>(w, a, 32 * b, 64 * b, s16);
           int4_a8_chunk<R, T, true>(w, a, 32 * b, 64 * b + 32, s16);
         }
-        flush(g);
+        int4_a8_flush<R, T>(A, i0, g, sw, s16, acc);
       }
+      zero_point(g, sw);
+    }
   } else {
     // groups of an odd number of chunks (32, 96, ...): walk chunk by chunk
     int64_t g = 0, in_group = 0, pending = 0;
@@ -480,21 +496,19 @@ void int4_a8_block(const Int4Args& A, int64_t row0, int64_t i0, float* py, int64
       else
         int4_a8_chunk<R, T, false>(w, a, 16 * c, 32 * c, s16);
       ++pending;
-      if (++in_group == cpg) {
-        flush(g++);
-        in_group = pending = 0;
-      } else if (pending == 8) {
-        flush(g);
+      const bool end = ++in_group == cpg;
+      if (end || pending == 8) {
+        float sw[R];
+        scales_of(g, sw);
+        int4_a8_flush<R, T>(A, i0, g, sw, s16, acc);
         pending = 0;
+        if (end) {
+          zero_point(g++, sw);
+          in_group = 0;
+        }
       }
     }
   }
-  for (int64_t g = 0; g < A.ng; ++g)
-    for (int r = 0; r < R; ++r) {
-      const float sw = half_to_float(A.scales[(row0 + r) * A.ng + g]);
-      const float swz = sw * (A.zeros ? static_cast<float>(A.zeros[(row0 + r) * A.ng + g]) : 8.0f);
-      for (int t = 0; t < T; ++t) corr[r][t] += swz * A.xc[(i0 + t) * A.ng + g];
-    }
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) py[(i0 + t) * n + row0 + r] = hsum(acc[r][t]) - corr[r][t];
 }
@@ -505,6 +519,27 @@ void int4_a8_rows(const Int4Args& A, int64_t row0, int64_t m, float* py, int64_t
   int64_t i0 = 0;
   for (; i0 + EFFNB_Q4_T <= m; i0 += EFFNB_Q4_T) int4_a8_block<R, EFFNB_Q4_T>(A, row0, i0, py, n);
   for (; i0 < m; ++i0) int4_a8_block<R, 1>(A, row0, i0, py, n);
+}
+
+// Threads over blocks of R output rows, a few blocks at a time as threads become free; the last
+// n % R rows one at a time. Below EFFNB_Q4_RMIN tokens the callers take R = 1: at M = 1 the weights
+// stream from memory, and rows one after another is the pattern the prefetchers follow best
+// (two interleaved rows ran about 30% slower cold on the machine of chapter 02).
+template <int R, class Args>
+void over_row_blocks(const Args& A, int64_t m, int64_t n, float* py,
+                     void (*rows_r)(const Args&, int64_t, int64_t, float*, int64_t),
+                     void (*rows_1)(const Args&, int64_t, int64_t, float*, int64_t)) {
+  static_assert(R >= 1 && EFFNB_Q4_T >= 1, "a tile needs at least one row and one token");
+  const int64_t nblocks = (n + R - 1) / R;
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int64_t row0 = b * R;
+    if (n - row0 >= R) {
+      rows_r(A, row0, m, py, n);
+    } else {
+      for (int64_t row = row0; row < n; ++row) rows_1(A, row, m, py, n);
+    }
+  }
 }
 #endif
 
@@ -559,18 +594,10 @@ at::Tensor quant_w4_linear(const at::Tensor& x, const at::Tensor& packed, const 
   const Int4Args args{pw, psc, pz, kp, ng, group, xp.data(), xsumf.data(), xq.data(), xs.data(), xsum.data(), xc.data()};
 #if defined(EFFNB_QAVX2)
   if (a8) {
-    constexpr int64_t R = EFFNB_Q4_R;
-    const int64_t nblocks = (n + R - 1) / R;
-#pragma omp parallel for schedule(dynamic, 4)
-    for (int64_t b = 0; b < nblocks; ++b) {
-      const int64_t row0 = b * R;
-      switch (std::min<int64_t>(R, n - row0)) {
-        case 1: int4_a8_rows<1>(args, row0, m, py, n); break;
-        case 2: int4_a8_rows<2>(args, row0, m, py, n); break;
-        case 3: int4_a8_rows<3>(args, row0, m, py, n); break;
-        default: int4_a8_rows<R>(args, row0, m, py, n); break;
-      }
-    }
+    if (m >= EFFNB_Q4_RMIN)
+      over_row_blocks<EFFNB_Q4_R>(args, m, n, py, &int4_a8_rows<EFFNB_Q4_R>, &int4_a8_rows<1>);
+    else
+      over_row_blocks<1>(args, m, n, py, &int4_a8_rows<1>, &int4_a8_rows<1>);
     return y;
   }
 #endif
@@ -589,6 +616,133 @@ at::Tensor quant_w4_linear(const at::Tensor& x, const at::Tensor& packed, const 
   return y;
 }
 
+// ---------------------------------------------------------------- DGQ: int4 codes, integer group scales
+//
+// DGQ's dual-grained format: W[n, k] = s[n] * kint[n, g] * (u[n, k] - 8), u in [0, 15] (the int4
+// layout above), kint in [1, 15] an integer per group, s one fp32 per row. Activations are int8 with
+// ONE scale per token. Because the group scale is an integer, the group's int16 sums are multiplied
+// by it inside the integer pipeline (madd with kint instead of with ones) and the int32 sums run
+// across all groups: no per-group conversion to fp32, one scale multiply per output. The zero point 8
+// comes out at the end: 8 * sum_g kint[g] * (sum of the token's int8 activations in group g).
+// |u * kint * a| <= 15 * 15 * 127, so the int32 total is safe for K <= 65536 (checked).
+
+struct DgqArgs {
+  const uint8_t* w;
+  const uint8_t* kint;
+  const float* scale;
+  int64_t kp, ng, group;
+  const int8_t* xq;
+  const float* xs;
+  const int32_t* gsum;  // per token and group: sum of the int8 activations
+};
+
+#if defined(EFFNB_QAVX2)
+template <int R, int T>
+void dgq_block(const DgqArgs& A, int64_t row0, int64_t i0, float* py, int64_t n) {
+  const uint8_t* w[R];
+  const int8_t* a[T];
+  for (int r = 0; r < R; ++r) w[r] = A.w + (row0 + r) * (A.kp / 2);
+  for (int t = 0; t < T; ++t) a[t] = A.xq + (i0 + t) * A.kp;
+  __m256i s16[R][T], i32[R][T];
+  int64_t zero[R][T];  // sum over groups of kint * (the token's activation sum in the group)
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t)
+      s16[r][t] = _mm256_setzero_si256(), i32[r][t] = _mm256_setzero_si256(), zero[r][t] = 0;
+  const int64_t bpg = A.group / 64;
+  for (int64_t g = 0; g < A.ng; ++g)
+    for (int64_t b0 = g * bpg; b0 < (g + 1) * bpg; b0 += 4) {
+      const int64_t b1 = std::min((g + 1) * bpg, b0 + 4);
+      for (int64_t b = b0; b < b1; ++b) {
+        int4_a8_chunk<R, T, false>(w, a, 32 * b, 64 * b, s16);
+        int4_a8_chunk<R, T, true>(w, a, 32 * b, 64 * b + 32, s16);
+      }
+      for (int r = 0; r < R; ++r) {
+        const int32_t k = A.kint[(row0 + r) * A.ng + g];
+        for (int t = 0; t < T; ++t) {
+#if defined(EFFNB_QDOT32)
+          i32[r][t] = _mm256_add_epi32(i32[r][t], _mm256_mullo_epi32(s16[r][t], _mm256_set1_epi32(k)));
+#else
+          i32[r][t] = _mm256_add_epi32(i32[r][t], _mm256_madd_epi16(s16[r][t], _mm256_set1_epi16(static_cast<int16_t>(k))));
+#endif
+          s16[r][t] = _mm256_setzero_si256();
+          if (b1 == (g + 1) * bpg) zero[r][t] += k * A.gsum[(i0 + t) * A.ng + g];
+        }
+      }
+    }
+  // the zero point 8 and the scales, once per output
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < T; ++t) {
+      const int64_t dot = static_cast<int64_t>(hsum_i32(i32[r][t])) - 8 * zero[r][t];
+      py[(i0 + t) * n + row0 + r] = A.scale[row0 + r] * A.xs[i0 + t] * static_cast<float>(dot);
+    }
+  }
+}
+
+template <int R>
+void dgq_rows(const DgqArgs& A, int64_t row0, int64_t m, float* py, int64_t n) {
+  int64_t i0 = 0;
+  for (; i0 + EFFNB_Q4_T <= m; i0 += EFFNB_Q4_T) dgq_block<R, EFFNB_Q4_T>(A, row0, i0, py, n);
+  for (; i0 < m; ++i0) dgq_block<R, 1>(A, row0, i0, py, n);
+}
+#endif
+
+// one row, one token, plain loops (CPUs without AVX2)
+[[maybe_unused]] void dgq_scalar(const DgqArgs& A, int64_t row, int64_t i, float* py, int64_t n) {
+  const uint8_t* w = A.w + row * (A.kp / 2);
+  int64_t total = 0;
+  for (int64_t g = 0; g < A.ng; ++g) {
+    int32_t d = 0;
+    for (int64_t k = g * A.group; k < (g + 1) * A.group; ++k) {
+      const uint8_t byte = w[(k / 64) * 32 + (k % 32)];
+      const int32_t u = (k % 64) < 32 ? (byte & 0x0F) : (byte >> 4);
+      d += (u - 8) * A.xq[i * A.kp + k];
+    }
+    total += static_cast<int64_t>(A.kint[row * A.ng + g]) * d;
+  }
+  py[i * n + row] = A.scale[row] * A.xs[i] * static_cast<float>(total);
+}
+
+at::Tensor quant_dgq_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& kint,
+                            const at::Tensor& scale, int64_t group) {
+  check_cpu_contig(packed, "packed", at::kByte);
+  check_cpu_contig(kint, "kint", at::kByte);
+  check_cpu_contig(scale, "scale", at::kFloat);
+  TORCH_CHECK(group >= 64 && group % 64 == 0, "effnb quant: the DGQ group must be a multiple of 64, got ", group);
+  TORCH_CHECK(packed.dim() == 2, "effnb quant: packed must be [N, Kp/2]");
+  const int64_t n = packed.size(0), kp = packed.size(1) * 2;
+  TORCH_CHECK(kp % group == 0, "effnb quant: packed K=", kp, " must be a multiple of the group ", group);
+  TORCH_CHECK(kp <= 65536, "effnb quant: K=", kp, " is too long for DGQ's int32 sums (at most 65536)");
+  const int64_t ng = kp / group;
+  TORCH_CHECK(kint.dim() == 2 && kint.size(0) == n && kint.size(1) == ng,
+              "effnb quant: kint must be [N, Kp/group] = [", n, ", ", ng, "]");
+  TORCH_CHECK(scale.numel() == n, "effnb quant: scale must have one value per output row (", n, ")");
+  check_x(x, kp);
+  const int64_t m = x.size(0);
+  at::Tensor y = at::empty({m, n}, x.options());
+  if (m == 0 || n == 0) return y;
+  const std::vector<float> xp = pad_rows(x, kp);
+  std::vector<int8_t> xq(m * kp);
+  std::vector<float> xs(m);
+  std::vector<int32_t> xsum(m), gsum(m * ng, 0);
+  quantize_acts(xp.data(), m, kp, kp, xq.data(), xs.data(), xsum.data());
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t k = 0; k < kp; ++k) gsum[i * ng + k / group] += xq[i * kp + k];
+  const DgqArgs args{packed.data_ptr<uint8_t>(), kint.data_ptr<uint8_t>(), scale.data_ptr<float>(),
+                     kp, ng, group, xq.data(), xs.data(), gsum.data()};
+  float* py = y.data_ptr<float>();
+#if defined(EFFNB_QAVX2)
+  if (m >= EFFNB_Q4_RMIN)
+    over_row_blocks<EFFNB_Q4_R>(args, m, n, py, &dgq_rows<EFFNB_Q4_R>, &dgq_rows<1>);
+  else
+    over_row_blocks<1>(args, m, n, py, &dgq_rows<1>, &dgq_rows<1>);
+#else
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t row = 0; row < n; ++row)
+    for (int64_t i = 0; i < m; ++i) dgq_scalar(args, row, i, py, n);
+#endif
+  return y;
+}
+
 // which integer dot-product path this build runs (the chapter prints it)
 std::string quant_path() {
 #if defined(EFFNB_QDOT32)
@@ -603,6 +757,7 @@ std::string quant_path() {
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(effnb, m) {
+  m.def("quant_dgq_linear(Tensor x, Tensor packed, Tensor kint, Tensor scale, int group) -> Tensor");
   m.def("quant_path() -> str", &quant_path);  // no tensors: no dispatch key, so defined here
   m.def("quant_w8_linear(Tensor x, Tensor q, Tensor scales, bool a8) -> Tensor");
   m.def("quant_w4_linear(Tensor x, Tensor packed, Tensor scales, Tensor zeros, int group, bool a8) -> Tensor");
@@ -611,4 +766,5 @@ TORCH_LIBRARY_FRAGMENT(effnb, m) {
 TORCH_LIBRARY_IMPL(effnb, CPU, m) {
   m.impl("quant_w8_linear", &quant_w8_linear);
   m.impl("quant_w4_linear", &quant_w4_linear);
+  m.impl("quant_dgq_linear", &quant_dgq_linear);
 }

@@ -65,12 +65,18 @@ def test_dequantize_error_is_at_most_half_a_step(n, k, scheme, seed):
 @given(m=st.integers(1, 9), n=st.integers(1, 40), k=st.integers(1, 300), scheme=st.sampled_from(SCHEMES),
        seed=st.integers(0, 999))
 def test_linear_matches_reference(m, n, k, scheme, seed):
+    kernel_vs_reference(m, n, k, seed, lambda w: Q.quantize(w, scheme), Q.linear, Q.linear_ref)
+
+
+def kernel_vs_reference(m, n, k, seed, pack, run, ref):
+    """Random W [n, k] and x [m, k]: the kernel agrees with the float64 reference up to fp32 rounding."""
     g = torch.Generator().manual_seed(seed)
     w, x = torch.randn(n, k, generator=g), torch.randn(m, k, generator=g)
-    p = Q.quantize(w, scheme)
-    y, r = Q.linear(x, p), Q.linear_ref(x, p)
+    p = pack(w)
+    y, r = run(x, p), ref(x, p)
     assert y.shape == (m, n) and y.dtype == torch.float32
     assert float((y - r).abs().max()) <= 1e-5 * scale_of(x, w)
+    return w, p
 
 
 @pytest.mark.parametrize("scheme", ["w8a8", "w4a8-g64", "w4a8-g32", "w4a16-g128-asym", "w8a16"])
@@ -102,7 +108,8 @@ def test_vnni_code_path_with_an_avx2_stand_in():
                            "print(torch.ops.effnb.quant_path())"], env=env, capture_output=True, text=True)
     assert path.stdout.strip() == "avx2-emulated-vnni", path.stdout + path.stderr
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-                          f"{__file__}::test_linear_matches_reference", f"{__file__}::test_linear_awkward_and_batched"],
+                          f"{__file__}::test_linear_matches_reference", f"{__file__}::test_linear_awkward_and_batched",
+                          f"{__file__}::test_dgq_kernel_matches_reference", f"{__file__}::test_dgq_kernel_batched_and_bad_inputs"],
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "skipped" not in run.stdout
@@ -273,6 +280,35 @@ def test_dgq_is_int8_compatible_and_accurate():
     assert float((out["weight"] - w).norm() / w.norm()) < 0.15
 
 
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(m=st.integers(1, 9), n=st.integers(1, 30), k=st.integers(1, 400), group=st.sampled_from([64, 128, 256]),
+       seed=st.integers(0, 999))
+def test_dgq_kernel_matches_reference(m, n, k, group, seed):
+    w, p = kernel_vs_reference(m, n, k, seed, lambda w: Q.dgq_pack(w, group), Q.dgq_linear, Q.dgq_linear_ref)
+    assert torch.allclose(Q.dgq_dequantize(p), Q.dgq_quantize(w, group)["weight"], atol=1e-6)
+
+
+def test_dgq_kernel_batched_and_bad_inputs():
+    g = torch.Generator().manual_seed(5)
+    w, x = torch.randn(37, 333, generator=g), torch.randn(64, 333, generator=g) * 40
+    x[0] = 0.0
+    p = Q.dgq_pack(w, 64)
+    y, r = Q.dgq_linear(x, p), Q.dgq_linear_ref(x, p)
+    assert float((y - r).abs().max()) <= 1e-5 * scale_of(x, w) and bool((y[0] == 0).all())
+    assert p.nbytes == 37 * (384 // 2 + 384 // 64 + 4)  # codes, integer group scales, channel scale
+    with pytest.raises(ValueError, match="multiple of 64"):
+        Q.dgq_pack(w, 32)
+    with pytest.raises(ValueError, match="features"):
+        Q.dgq_linear(torch.randn(2, 10), p)
+    with pytest.raises(TypeError, match="dgq_pack"):
+        Q.dgq_linear(x, Q.quantize(w, "w4a8-g64"))
+    if CPP:
+        with pytest.raises(RuntimeError, match="kint must be"):
+            torch.ops.effnb.quant_dgq_linear(x, p.q, p.kint[:, :1].contiguous(), p.scale, 64)
+        with pytest.raises(RuntimeError, match="multiple of 64"):
+            torch.ops.effnb.quant_dgq_linear(x, p.q, p.kint, p.scale, 32)
+
 def test_qserve_progressive_stays_in_int8():
     w = torch.randn(16, 300, generator=torch.Generator().manual_seed(3))
     out = Q.qserve_quantize(w, group=128)
@@ -327,3 +363,12 @@ def test_ort_peer_in_benchmark_factories():
     out = facs[name]((2, 16, 64))()
     assert out.shape == (2, 16)
     assert Q.weight_bytes(name, 16, 64, 32) == 16 * 2 * (16 + 4)
+
+
+def test_our_providers_in_benchmark_factories():
+    facs = Q.peer_factories(group=64, ours=("w4a8", "dgq"), peers=False)
+    assert list(facs) == ["ours w4a8-g64", "ours dgq-w4a8-g64"]
+    for fac in facs.values():
+        assert fac((3, 16, 128))().shape == (3, 16)
+    assert Q.weight_bytes("ours dgq-w4a8-g64", 16, 128, 64) == 16 * (64 + 2 + 4)
+    assert Q.weight_bytes("ours w4a8-g64", 16, 128, 64) == 16 * (64 + 2 * 2)
