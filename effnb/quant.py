@@ -730,7 +730,7 @@ def ort_pack(weight: torch.Tensor, block_size: int = 128, asym: bool = False) ->
 
 
 def ort_matmulnbits(weight: torch.Tensor | dict, block_size: int = 128, threads: int | None = None,
-                    asym: bool = False, accuracy_level: int = 0):
+                    asym: bool = False, accuracy_level: int = 0, spin: bool = False):
     """A one-node ONNX model (com.microsoft ``MatMulNBits``, bits=4) for ``weight`` [N, K].
 
     The weight is quantized by :func:`ort_pack` (or pass its result) and stored as
@@ -739,6 +739,10 @@ def ort_matmulnbits(weight: torch.Tensor | dict, block_size: int = 128, threads:
     ``intra_op_num_threads=threads`` (default: torch's) and
     ``inter_op_num_threads=1``. ``accuracy_level`` is the op's attribute: 0 keeps
     fp32 activations, 4 lets MLAS quantize them to int8 per block (W4A8).
+    ``spin=False`` sets ``session.intra_op.allow_spinning=0``: a cold benchmark keeps one
+    session per weight copy alive, and with spinning on their idle pool threads spin on
+    the same cores (up to 10x slower calls on 2 cores, with a large spread); a served
+    model has one session, so spinning off is the fair setting here.
     Returns ``run(x)``: fp32 numpy/torch [M, K] -> numpy [M, N]; ``run.packed`` is the
     :func:`ort_pack` dict (``run.packed["w"]`` the dequantized reference weight).
     """
@@ -765,6 +769,7 @@ def ort_matmulnbits(weight: torch.Tensor | dict, block_size: int = 128, threads:
     so.intra_op_num_threads = int(threads or torch.get_num_threads())
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
     def run(x):
