@@ -914,7 +914,7 @@ def weight_bytes(name: str, n: int, k: int, group: int = 128) -> float:
     if "int4pack" in name:
         return n * k / 2 + 4.0 * n * (k // group)
     if name.startswith("ours dgq"):
-        return float(random_dgq(1, k, group).nbytes - 4) * n + 4.0 * n
+        return float(random_dgq(1, k, group).nbytes) * n
     if name.startswith("ours"):
         return float(random_packed(name.split()[1], 1, k).nbytes) * n
     if name.startswith("ort MatMulNBits"):
