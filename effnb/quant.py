@@ -741,7 +741,7 @@ def ort_matmulnbits(weight: torch.Tensor | dict, block_size: int = 128, threads:
     fp32 activations, 4 lets MLAS quantize them to int8 per block (W4A8).
     ``spin=False`` sets ``session.intra_op.allow_spinning=0``: a cold benchmark keeps one
     session per weight copy alive, and with spinning on their idle pool threads spin on
-    the same cores (up to 10x slower calls on 2 cores, with a large spread); a served
+    the same cores (several times slower calls on 2 cores, with a large spread); a served
     model has one session, so spinning off is the fair setting here.
     Returns ``run(x)``: fp32 numpy/torch [M, K] -> numpy [M, N]; ``run.packed`` is the
     :func:`ort_pack` dict (``run.packed["w"]`` the dequantized reference weight).

@@ -52,6 +52,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -174,6 +175,23 @@ inline float half_to_float(const at::Half& h) {
 #endif
 }
 
+// Threads over output rows; each row against the tokens in tiles of up to 4, the tile size a
+// compile-time constant: tile(std::integral_constant<int, MT>, row, i0) runs one tile.
+template <class Tile>
+void over_rows_in_token_tiles(int64_t n, int64_t m, Tile&& tile) {
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int64_t row = 0; row < n; ++row) {
+    for (int64_t i0 = 0; i0 < m; i0 += 4) {
+      switch (std::min<int64_t>(4, m - i0)) {
+        case 1: tile(std::integral_constant<int, 1>{}, row, i0); break;
+        case 2: tile(std::integral_constant<int, 2>{}, row, i0); break;
+        case 3: tile(std::integral_constant<int, 3>{}, row, i0); break;
+        default: tile(std::integral_constant<int, 4>{}, row, i0); break;
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------- int8 row kernel
 //
 // One output row against a tile of up to 4 tokens, 32 weights at a time, all in
@@ -277,17 +295,9 @@ at::Tensor quant_w8_linear(const at::Tensor& x, const at::Tensor& q, const at::T
   const float* ps = scales.data_ptr<float>();
   float* py = y.data_ptr<float>();
   const Int8Args args{pq, ps, kp, xp.data(), xq.data(), xs.data()};
-#pragma omp parallel for schedule(dynamic, 16)
-  for (int64_t row = 0; row < n; ++row) {
-    for (int64_t i0 = 0; i0 < m; i0 += 4) {
-      switch (std::min<int64_t>(4, m - i0)) {
-        case 1: int8_tile<1>(args, row, i0, a8, py, n); break;
-        case 2: int8_tile<2>(args, row, i0, a8, py, n); break;
-        case 3: int8_tile<3>(args, row, i0, a8, py, n); break;
-        default: int8_tile<4>(args, row, i0, a8, py, n); break;
-      }
-    }
-  }
+  over_rows_in_token_tiles(n, m, [&](auto mt, int64_t row, int64_t i0) {
+    int8_tile<decltype(mt)::value>(args, row, i0, a8, py, n);
+  });
   return y;
 }
 
@@ -524,7 +534,7 @@ void int4_a8_rows(const Int4Args& A, int64_t row0, int64_t m, float* py, int64_t
 // Threads over blocks of R output rows, a few blocks at a time as threads become free; the last
 // n % R rows one at a time. Below EFFNB_Q4_RMIN tokens the callers take R = 1: at M = 1 the weights
 // stream from memory, and rows one after another is the pattern the prefetchers follow best
-// (two interleaved rows ran about 30% slower cold on the machine of chapter 02).
+// (two interleaved rows were read more slowly cold on the machine of chapter 02).
 template <int R, class Args>
 void over_row_blocks(const Args& A, int64_t m, int64_t n, float* py,
                      void (*rows_r)(const Args&, int64_t, int64_t, float*, int64_t),
@@ -601,18 +611,9 @@ at::Tensor quant_w4_linear(const at::Tensor& x, const at::Tensor& packed, const 
     return y;
   }
 #endif
-#pragma omp parallel for schedule(dynamic, 16)
-  for (int64_t row = 0; row < n; ++row) {
-    for (int64_t i0 = 0; i0 < m; i0 += 4) {
-      const int64_t mt = std::min<int64_t>(4, m - i0);
-      switch (mt) {
-        case 1: int4_tile<1>(args, row, i0, a8, py, n); break;
-        case 2: int4_tile<2>(args, row, i0, a8, py, n); break;
-        case 3: int4_tile<3>(args, row, i0, a8, py, n); break;
-        default: int4_tile<4>(args, row, i0, a8, py, n); break;
-      }
-    }
-  }
+  over_rows_in_token_tiles(n, m, [&](auto mt, int64_t row, int64_t i0) {
+    int4_tile<decltype(mt)::value>(args, row, i0, a8, py, n);
+  });
   return y;
 }
 

@@ -160,7 +160,6 @@ def test_claim_verdicts_follow_the_target():
     assert len(led.to_frame()) == 4 and "reproduced" in led._repr_html_()
 
 
-
 def test_a_miss_never_prints_as_the_target():
     """0.9797 against '>= 0.98' must not print as 0.98: the reader would see a contradiction."""
     led = claims.Ledger()
@@ -168,6 +167,7 @@ def test_a_miss_never_prints_as_the_target():
     assert c.verdict == claims.NOT_REPRODUCED
     assert "ours 0.9797" in repr(led) and "0.9797" in led._repr_html_()
     assert claims._fmt(2.18, ">= 3 x") == "2.18" and claims._fmt(0.98, ">= 0.98") == "0.98"
+
 
 @pytest.mark.parametrize("measured", [None, float("nan"), "0.1", True])
 def test_claim_without_a_measurement_is_an_error(measured):
