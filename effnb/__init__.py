@@ -1,8 +1,10 @@
 """effnb: measure what efficient-ML techniques buy on your machine.
 
-One module per concern: bench (timing), threads, roofline (machine limits),
-provenance (who measured what), claims (paper vs measured verdicts), ext (the
-C++ kernels), run (papermill runs and sweeps), data; and one module per
-technique family, added with its chapter.
+Core modules know no technique: bench (timing), perf (benchmark specs),
+threads, provenance, claims, chapter (a run's record), sidecar, ext (the C++
+kernel families), probes and roofline (machine limits), files, show, plots.
+The runner package runs chapters (spec, inputs, execute, sweep, pages, cli).
+Each technique family is a package (measuring, quant, sparse, timeseries, ...)
+split the same way: formats, ops, reference, peers, experiments, plots.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"

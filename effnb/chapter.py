@@ -1,24 +1,27 @@
 """The record a chapter notebook keeps while it runs.
 
-A notebook starts with ``ch = effnb.chapter.start("01", **parameters)``: that
+A notebook's first code cell after ``parameters`` says ``ch = effnb.chapter.start("01")``.
+That reads the parameters the chapter's YAML and parameters cell declare from
+the notebook's namespace (no restating), checks them as the command line would,
 sets the threads, seeds every generator, and snapshots provenance before any
-kernel runs. Results it wants in the book's prose go through ``ch.record``
-(which also glues them for myst-nb), claims through ``ch.claims``, and
-``ch.finish()`` writes the JSON sidecar the runner placed in ``EFFNB_SIDECAR``.
+kernel runs. Results go through ``ch.record`` (which also glues them for
+myst-nb's prose), claims through ``ch.claims``; ``ch.finish()`` writes the
+:class:`effnb.sidecar.Sidecar` where the runner asked (``$EFFNB_SIDECAR``).
 """
 from __future__ import annotations
 
-import json
+import inspect
 import os
 import random
 import time
-from pathlib import Path
 
 from . import claims as _claims
 from . import provenance
 from . import threads as _threads
+from .sidecar import Sidecar
 
-SIDECAR_ENV = "EFFNB_SIDECAR"
+SIDECAR_ENV = "EFFNB_SIDECAR"     # where the runner wants the sidecar
+NOTEBOOK_ENV = "EFFNB_NOTEBOOK"   # which notebook runs (the runner and refresh set it)
 
 
 def _jsonable(value):
@@ -43,7 +46,7 @@ def seed_everything(seed: int) -> None:
 
 
 def check_device(device: str) -> str:
-    """'cpu' always works; 'cuda' only where torch sees a GPU: say so before any work."""
+    """'cpu' always works; 'cuda' only where torch sees a GPU. The one device check of effnb."""
     if device == "cpu":
         return device
     if device == "cuda":
@@ -54,16 +57,17 @@ def check_device(device: str) -> str:
     raise ValueError(f"device={device!r} is not one of 'cpu', 'cuda'")
 
 
-class Chapter:
+class ChapterRun:
     """One run of one chapter: parameters, provenance, recorded results and claims."""
 
-    def __init__(self, chapter: str, parameters: dict, seed: int):
+    def __init__(self, chapter: str, parameters: dict, seed: int, kernels: list[str] = ()):
         self.chapter = chapter
         self.parameters = dict(parameters)
         self.seed = seed
+        self.kernels = list(kernels)
         self.claims = _claims.Ledger(chapter)
         self.results: dict = {}
-        self.figures: list[str] = []
+        self.limits: dict | None = None
         self.started = time.time()
         self.provenance = provenance.collect(self.parameters, {"seed": seed})
 
@@ -80,34 +84,65 @@ class Chapter:
                 pass
         return value
 
-    def sidecar(self, status: str = "ok") -> dict:
-        return {
-            "chapter": self.chapter,
-            "status": status,
-            "elapsed_s": round(time.time() - self.started, 3),
-            "parameters": _jsonable(self.parameters),
-            "provenance": self.provenance,
-            "claims": self.claims.rows(),
-            "results": self.results,
-        }
+    def use_limits(self, limits: dict) -> dict:
+        """Keep the machine limits this run measured (effnb.roofline.machine): the hardware page shows them."""
+        keep = ("read_gbps", "copy_gbps", "triad_gbps", "peak_gflops", "fma_gflops", "threads", "mib",
+                "repeats", "probe_count", "cached")
+        self.limits = {k: _jsonable(limits[k]) for k in keep if k in limits}
+        return limits
+
+    def backends(self) -> dict:
+        """Kernel family -> what ran (cpp-<isa path> or torch-fallback), for every family the chapter declares."""
+        from . import ext
+        return {family: ext.backend(family) for family in self.kernels}
+
+    def sidecar(self, status: str = "ok") -> Sidecar:
+        return Sidecar(chapter=self.chapter, status=status, elapsed_s=round(time.time() - self.started, 3),
+                       parameters=_jsonable(self.parameters), provenance=self.provenance,
+                       claims=self.claims.rows(), results=self.results, limits=self.limits,
+                       backends=self.backends())
 
     def finish(self) -> dict:
-        """Write the sidecar where the runner asked (``$EFFNB_SIDECAR``); return it."""
-        data = self.sidecar()
+        """Write the sidecar where the runner asked (``$EFFNB_SIDECAR``); return it as a dict."""
+        side = self.sidecar()
         path = os.environ.get(SIDECAR_ENV)
         if path:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_text(json.dumps(data, indent=1, default=str))
-            tmp.replace(path)
-        return data
+            side.write(path)
+        return side.to_dict()
 
 
-def start(chapter: str, *, threads: int | None = None, device: str = "cpu", seed: int = 0,
-          **parameters) -> Chapter:
-    """Validate, set threads and seeds, snapshot provenance; call first in a chapter."""
+def _declared(chapter: str):
+    """The chapter's spec (parameters and kernel families), or None for a notebook outside the registry."""
+    from .runner import spec
+    try:
+        return spec.find_chapter(os.environ.get(NOTEBOOK_ENV) or chapter)
+    except spec.UsageError:
+        return None
+
+
+def start(chapter: str, namespace: dict | None = None, **parameters) -> ChapterRun:
+    """Check the parameters, set threads and seeds, snapshot provenance; call first in a chapter.
+
+    Without keyword parameters, the declared ones are read from ``namespace``
+    (default: the calling notebook's globals), so the parameters cell is the
+    only place they are written. Each is checked against the chapter's YAML
+    limits, with the same message as ``effnb run`` gives, before any work.
+    """
+    spec = _declared(chapter)
+    if not parameters and spec is not None:
+        if namespace is None:
+            namespace = inspect.currentframe().f_back.f_globals
+        missing = [n for n in spec.params if n not in namespace]
+        if missing:
+            raise NameError(f"chapter {chapter}: parameters {missing} are not defined; run the parameters cell first")
+        parameters = {n: namespace[n] for n in spec.params}
+    if spec is not None:
+        parameters = {n: spec.params[n].check(v) if n in spec.params else v for n, v in parameters.items()}
+    threads = parameters.pop("threads", None)
+    device = parameters.pop("device", "cpu")
+    seed = parameters.pop("seed", 0)
     n = _threads.set_threads(threads)
     check_device(device)
     seed_everything(seed)
-    return Chapter(chapter, dict(parameters, threads=n, device=device, seed=seed), seed)
+    return ChapterRun(chapter, dict(parameters, threads=n, device=device, seed=seed), seed,
+                      kernels=spec.kernels if spec is not None else ())

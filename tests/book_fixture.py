@@ -114,7 +114,7 @@ def make_tree(dest: Path) -> dict:
 
 
 def pages(dest: Path) -> dict:
-    from effnb import pages as _pages
+    from effnb.runner import pages as _pages
     b = dest / "book"
     return _pages.build(b / "runs", b / "generated", b / "chapters", dest / "notebooks", dest / "_toc.yml", HERE_HW)
 

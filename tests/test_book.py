@@ -5,7 +5,7 @@ import re
 import pytest
 
 import book_fixture as bf
-from effnb import pages
+from effnb.runner import pages
 
 
 def _ids(html_text: str, cls: str) -> list[str]:

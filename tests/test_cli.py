@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from effnb import cli, run, threads
+from effnb import runner as run
+from effnb import threads
+from effnb.runner import cli
 
 NB_DIR = Path(__file__).parent / "data" / "notebooks"
 EFFNB = Path(sys.executable).parent / "effnb"

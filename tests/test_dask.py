@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from effnb import cli, sweep
+from effnb.runner import cli, sweep
 
 pytest.importorskip("distributed")
 

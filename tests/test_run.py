@@ -10,7 +10,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from effnb import run, threads
+from effnb import runner as run
+from effnb import threads
 
 NB_DIR = Path(__file__).parent / "data" / "notebooks"
 HW = "test-machine"
@@ -264,7 +265,7 @@ def test_sidecar_written_by_effnb_chapter_reaches_the_run(tmp_path):
 
 def test_inputs_hash_follows_only_the_code_a_chapter_uses():
     """A chapter's runs depend on the effnb modules it imports (and theirs), not on other chapters'."""
-    from effnb import run as run_mod
+    from effnb import runner as run_mod
     uses = run_mod._effnb_modules("import effnb.roofline\nfrom effnb import bench, claims\nfrom .x import y")
     assert uses == {"roofline", "bench", "claims", "x"}
     files = {p.name for p in run_mod._code_files("import effnb.roofline")}
@@ -274,7 +275,7 @@ def test_inputs_hash_follows_only_the_code_a_chapter_uses():
 
 def test_inputs_hash_ignores_outputs(tmp_path):
     import shutil
-    from effnb import run as run_mod
+    from effnb import runner as run_mod
     src = Path(__file__).parent / "data" / "notebooks"
     nbdir = tmp_path / "nb"
     shutil.copytree(src, nbdir)

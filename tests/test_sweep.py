@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from effnb import cli, provenance, run, sweep
+from effnb import provenance
+from effnb import runner as run
+from effnb.runner import cli, sweep
 
 NB_DIR = Path(__file__).parent / "data" / "notebooks"
 EFFNB = Path(sys.executable).parent / "effnb"

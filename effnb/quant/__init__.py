@@ -315,9 +315,9 @@ def linear_ref(x: torch.Tensor, p: Packed) -> torch.Tensor:
 
 def backend() -> str:
     """'cpp' when the C++ quant ops are loaded, else 'fallback' (the torch reference)."""
-    from . import ext
+    from .. import ext
     try:
-        ok = ext.load() and hasattr(torch.ops.effnb, "quant_w4_linear")
+        ok = ext.load("quant") and hasattr(torch.ops.effnb, "quant_w4_linear")
     except (AttributeError, RuntimeError):
         ok = False
     return "cpp" if ok else "fallback"
@@ -326,7 +326,8 @@ def backend() -> str:
 def kernel_path() -> str:
     """Which integer dot-product path the loaded kernels run: 'avx512-vnni', 'avx-vnni', 'avx2',
     'scalar', or 'fallback' (torch reference, no C++ build)."""
-    return torch.ops.effnb.quant_path() if backend() == "cpp" else "fallback"
+    from .. import ext
+    return ext.status("quant")["isa_path"] if backend() == "cpp" else "fallback"
 
 
 def linear(x: torch.Tensor, p: Packed) -> torch.Tensor:
@@ -941,7 +942,7 @@ def benchmark(sizes, group: int = 128, cold: bool = True, repeats: int = 5, warm
     """
     import pandas as pd
 
-    from . import bench
+    from .. import bench
     sizes = [tuple(int(v) for v in s) for s in sizes]
     if rounds < 1:
         raise ValueError(f"rounds={rounds}: pass a whole number >= 1")
@@ -1118,7 +1119,7 @@ def quality(texts: list[str], schemes, variants: dict | None = None, finequant: 
 
 def with_limits(df, limits: dict):
     """Add % of the measured read bandwidth (all bytes moved) and the roofline verdict per row."""
-    from . import roofline
+    from .. import roofline
     df = df.copy()
     rows = [roofline.bound(2.0 * s[0] * s[1] * s[2], g * 1e9 * t, t, limits)
             for s, g, t in zip(df["size"], df["gbps"], df["median_s"])]

@@ -25,16 +25,9 @@
 // with numpy's on equal terms. They only pay off when the destination is far
 // larger than the cache, hence the size threshold.
 
-#include <torch/library.h>
-#include <ATen/ATen.h>
+#include "effnb.h"
 
 #include <algorithm>
-#include <cstdint>
-
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define EFFNB_X86 1
-#endif
 
 namespace {
 
@@ -164,14 +157,10 @@ void stream_triad(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c,
 
 }  // namespace
 
-// The schemas: "(a!)" marks the argument each op writes in place, so torch
-// knows these ops mutate their outputs.
-TORCH_LIBRARY(effnb, m) {
-  m.def("stream_read(Tensor a) -> float");
-  m.def("stream_copy(Tensor a, Tensor(a!) b) -> ()");
-  m.def("stream_scale(Tensor a, Tensor(a!) b, float s) -> ()");
-  m.def("stream_triad(Tensor(a!) a, Tensor b, Tensor c, float s) -> ()");
-}
+// The schemas are declared in Python (effnb/probes.py, SCHEMAS); C++ only
+// registers the implementations. The loops are plain C++ that the compiler
+// vectorizes for the build's ISA level, so the path is that level.
+EFFNB_ISA_PATH(EFFNB_ISA_LEVEL)
 
 TORCH_LIBRARY_IMPL(effnb, CPU, m) {
   m.impl("stream_read", &stream_read);

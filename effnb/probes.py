@@ -1,6 +1,7 @@
-"""STREAM-style bandwidth probes in Numba, with numpy references for the tests.
+"""STREAM-style bandwidth probes: the C++ ``stream`` kernel family's schemas, and the
+same kernels in Numba, with numpy references for the tests.
 
-The same four kernels as ``kernels/stream.cpp`` (read = sum, copy, scale,
+The same four kernels as ``kernels/stream/stream.cpp`` (read = sum, copy, scale,
 triad), written as parallel Numba loops. The read is a ``prange`` reduction.
 For the writes each thread gets one contiguous slice (``prange`` over slices,
 not elements) whose borders fall on cache lines, and large slices are written
@@ -244,13 +245,40 @@ def reference_read(a: np.ndarray) -> float:
     return float(np.sum(a, dtype=np.float64))
 
 
-def reference_copy(a: np.ndarray, b: np.ndarray) -> None:
-    np.copyto(b, a)
-
-
 def reference_scale(a: np.ndarray, b: np.ndarray, s: float) -> None:
     np.multiply(a, np.float32(s), out=b)
 
 
 def reference_triad(a: np.ndarray, b: np.ndarray, c: np.ndarray, s: float) -> None:
     np.add(b, np.float32(s) * c, out=a)
+
+
+# ---------------------------------------------------------------- the C++ family
+
+FAMILY = "stream"
+SCHEMAS = {  # "(a!)" marks the argument each op writes in place
+    "stream_read": "(Tensor a) -> float",
+    "stream_copy": "(Tensor a, Tensor(a!) b) -> ()",
+    "stream_scale": "(Tensor a, Tensor(a!) b, float s) -> ()",
+    "stream_triad": "(Tensor(a!) a, Tensor b, Tensor c, float s) -> ()",
+}
+
+
+def cpp_ops():
+    """``torch.ops.effnb`` with the stream family loaded, or None (say why with ``ext.status('stream')``)."""
+    import torch
+
+    from . import ext
+    _declare()
+    return torch.ops.effnb if ext.load(FAMILY) else None
+
+
+def _declare():
+    import torch
+
+    from . import ext
+    if FAMILY in ext._libraries:
+        return
+    ext.declare(FAMILY, SCHEMAS)
+    for name in ("stream_copy", "stream_scale", "stream_triad"):  # in-place writers: nothing to allocate
+        torch.library.register_fake(f"effnb::{name}")(lambda *args: None)

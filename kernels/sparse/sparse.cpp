@@ -24,7 +24,7 @@
 // CPU, chosen at compile time from the build's -march level, so no CPU meets an
 // instruction it lacks.
 
-#include <torch/library.h>
+#include "effnb.h"
 #include <ATen/ATen.h>
 #include <omp.h>
 
@@ -446,6 +446,12 @@ at::Tensor dense4_spmv(const at::Tensor& W4, const at::Tensor& x, int64_t N) {
 }
 
 }  // namespace
+
+#ifdef EFFNB_SPARSE_AVX2
+EFFNB_ISA_PATH("avx2")
+#else
+EFFNB_ISA_PATH("scalar")
+#endif
 
 TORCH_LIBRARY_FRAGMENT(effnb, m) {
   m.def("sparse_spmm(Tensor rowptr, Tensor colidx, Tensor values, Tensor B, int N) -> Tensor");

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import run as _run
+from .. import runner as _run
 
 EXIT_OK, EXIT_USAGE, EXIT_ENV, EXIT_CELL, EXIT_SWEEP = 0, 2, 3, 4, 5
 
@@ -30,7 +30,7 @@ beside a JSON sidecar of the same name; a failed run keeps <name>.failed.ipynb.
 
 exit codes:
   0  ok
-  1  anything else (e.g. effnb.pages missing)
+  1  anything else (e.g. effnb.runner.pages missing)
   2  bad usage or validation: unknown chapter, preset or parameter, or a value it does not allow
   3  this machine cannot run it (e.g. device=cuda without a GPU)
   4  a notebook cell failed (the message names the cell and the partial notebook)
@@ -104,9 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("chapter", metavar="CHAPTER")
     _common(p)
 
-    p = sub.add_parser("pages", help="build the book's chapter pages from book/runs (effnb.pages)",
+    p = sub.add_parser("pages", help="build the book's chapter pages from book/runs (effnb.runner.pages)",
                        add_help=False)
-    p.add_argument("args", nargs=argparse.REMAINDER, help="passed to effnb.pages")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="passed to effnb.runner.pages")
     return parser
 
 
@@ -168,7 +168,7 @@ def cmd_pages(args) -> int:
     try:
         from . import pages
     except ImportError as exc:
-        print(f"effnb pages: effnb.pages is not available ({exc}); it builds the pages from book/runs",
+        print(f"effnb pages: effnb.runner.pages is not available ({exc}); it builds the pages from book/runs",
               file=sys.stderr)
         return 1
     return pages.main(list(args.args)) or EXIT_OK
@@ -179,7 +179,7 @@ COMMANDS = {"list": cmd_list, "run": cmd_run, "sweep": cmd_sweep, "refresh": cmd
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["pages"]:  # everything after `pages` belongs to effnb.pages, --help included
+    if argv[:1] == ["pages"]:  # everything after `pages` belongs to effnb.runner.pages, --help included
         return cmd_pages(argparse.Namespace(args=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)

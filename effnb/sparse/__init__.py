@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import bench, provenance
+from .. import bench, provenance
 
 PATTERNS = ("unstructured", "1x4", "dense")
 OPS = ("sparse_spmm", "sparse_spmv", "group4_spmm", "group4_spmv", "dense4_spmm", "dense4_spmv")
@@ -43,9 +43,9 @@ _BACKEND: list = []   # decided once per process: checking the build hashes the 
 def backend() -> str:
     """'cpp' when the sparse ops of ``kernels/sparse.cpp`` are loaded, else 'fallback' (plain torch)."""
     if not _BACKEND:
-        from . import ext
+        from .. import ext
         try:
-            ext.load()
+            ext.load("sparse")
             ok = all(hasattr(torch.ops.effnb, op) for op in OPS)
         except (AttributeError, RuntimeError):
             ok = False
@@ -847,7 +847,7 @@ def hardware() -> str:
 
 def linear_table(df, limits: dict):
     """The sweep with speed-up over dense F.linear and % of the roofline limit per row."""
-    from . import roofline
+    from .. import roofline
     out = df.copy()
     keys = ["N", "K", "M", "sparsity"]
     dense = out[out.provider == "torch dense F.linear"].set_index(keys)["median_s"]

@@ -18,7 +18,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import claims as _claims
+from .. import claims as _claims
+from .. import files
 
 NOTE_CELL_ID = "effnb-provenance-note"
 VERSION_DISTS = ("jupyter-book", "sphinx", "myst-nb", "papermill", "torch", "numpy", "numba", "pandas",
@@ -498,7 +499,7 @@ def main(argv=None) -> int:
     ap.add_argument("--hardware-id", default=None, help="whose runs the chapter pages show (default: this machine)")
     args = ap.parse_args(argv)
     if args.hardware_id is None:
-        from . import provenance
+        from .. import provenance
         args.hardware_id = provenance.hardware_id()
     res = build(Path(args.runs_dir), Path(args.out), Path(args.chapters_out), Path(args.notebooks),
                 Path(args.toc), args.hardware_id)

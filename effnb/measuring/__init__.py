@@ -191,7 +191,7 @@ def measure_workloads(workloads: Sequence[Workload], limits: dict, *, repeats: i
     """
     import pandas as pd
 
-    from . import bench, roofline
+    from .. import bench, roofline
 
     if not workloads:
         raise ValueError("no workloads to measure: pass at least one size")
@@ -224,7 +224,7 @@ def conv_pairs(channels: Sequence[int], hw: int, batch: int = 1, *, rounds: int 
     """
     import pandas as pd
 
-    from . import bench
+    from .. import bench
 
     _positive_ints(hw=hw, batch=batch, rounds=rounds)
     if repeats < 3:
@@ -261,7 +261,7 @@ def depthwise_fraction(pairs):
 # --------------------------------------------------------------------------
 
 def _build_decoder_classes():
-    """Define the torch modules lazily so importing effnb.efficiency stays cheap."""
+    """Define the torch modules lazily so importing effnb.measuring stays cheap."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -520,7 +520,7 @@ def plot_runtime_fit(df, model: RuntimeModel, column: str = "best_s", ax=None):
     """Predicted vs measured latency (``column`` of ``df``), training and held-out, with the y = x line."""
     import matplotlib.pyplot as plt
 
-    from . import provenance
+    from .. import provenance
 
     if ax is None:
         _, ax = plt.subplots(figsize=(5.5, 5))
@@ -541,35 +541,7 @@ def plot_runtime_fit(df, model: RuntimeModel, column: str = "best_s", ax=None):
     return ax
 
 
-def show_source(obj) -> Any:
-    """The source of an effnb function or class as a highlighted code block (notebooks show, never paste)."""
-    import inspect
-
-    from IPython.display import Code
-    return Code(inspect.getsource(obj), language="python")
-
-
-def show_file(path: str, start: str | None = None, end: str | None = None) -> Any:
-    """A kernel file from ``kernels/``, highlighted: whole, or from the first line starting with
-    ``start`` to the next line starting with ``end`` (a literalinclude for notebooks)."""
-    from pathlib import Path
-
-    from IPython.display import Code
-    from . import provenance
-    p = Path(path)
-    p = p if p.is_absolute() else provenance.ROOT / p
-    if not p.exists():
-        raise FileNotFoundError(f"{p} not found; pass a path relative to the effnb checkout")
-    lines = p.read_text().splitlines()
-    i = next((k for k, ln in enumerate(lines) if start and ln.startswith(start)), None) if start else 0
-    if i is None:
-        raise ValueError(f"no line of {p.name} starts with {start!r}")
-    j = next((k for k, ln in enumerate(lines) if end and k > i and ln.startswith(end)), len(lines) - 1)
-    lang = {".cpp": "cpp", ".h": "cpp", ".py": "python"}.get(p.suffix, "text")
-    return Code("\n".join(lines[i:j + 1]), language=lang)
-
-
 __all__ = ["gemm_counts", "gemv_counts", "conv2d_counts", "triad_counts", "Workload", "gemm", "gemv", "conv",
            "triad", "suite", "measure_workloads", "conv_pairs", "depthwise_fraction", "tiny_decoder", "flops_per_token", "generate",
            "generate_nocache", "length_grid", "measure_generation", "RuntimeModel", "fit_runtime", "mape",
-           "plot_runtime_fit", "show_source", "show_file"]
+           "plot_runtime_fit"]

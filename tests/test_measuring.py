@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from effnb import efficiency as E
+from effnb import measuring as E
 
 
 def test_gemm_counts_small_case():

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from . import run as _run
+from .. import runner as _run
 
 _ENTRY_KEYS = {"chapter", "chapters", "presets", "preset", "parameters"}
 

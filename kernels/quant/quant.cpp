@@ -45,7 +45,7 @@
 // use vpdpbusd into int32 lanes instead of maddubs + madd; ext.py adds the flag
 // when the CPU has it. Plain C++ loops otherwise.
 
-#include <torch/library.h>
+#include "effnb.h"
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -744,22 +744,19 @@ at::Tensor quant_dgq_linear(const at::Tensor& x, const at::Tensor& packed, const
   return y;
 }
 
-// which integer dot-product path this build runs (the chapter prints it)
-std::string quant_path() {
-#if defined(EFFNB_QDOT32)
-  return EFFNB_QDOT32_NAME;
-#elif defined(EFFNB_QAVX2)
-  return "avx2";
-#else
-  return "scalar";
-#endif
-}
-
 }  // namespace
+
+// which integer dot-product path this build runs (every result names it)
+#if defined(EFFNB_QDOT32)
+EFFNB_ISA_PATH(EFFNB_QDOT32_NAME)
+#elif defined(EFFNB_QAVX2)
+EFFNB_ISA_PATH("avx2")
+#else
+EFFNB_ISA_PATH("scalar")
+#endif
 
 TORCH_LIBRARY_FRAGMENT(effnb, m) {
   m.def("quant_dgq_linear(Tensor x, Tensor packed, Tensor kint, Tensor scale, int group) -> Tensor");
-  m.def("quant_path() -> str", &quant_path);  // no tensors: no dispatch key, so defined here
   m.def("quant_w8_linear(Tensor x, Tensor q, Tensor scales, bool a8) -> Tensor");
   m.def("quant_w4_linear(Tensor x, Tensor packed, Tensor scales, Tensor zeros, int group, bool a8) -> Tensor");
 }
