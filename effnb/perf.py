@@ -1,0 +1,189 @@
+"""Declarative benchmarks, in the spirit of Triton's ``perf_report``.
+
+A chapter states WHAT to race, once: the x values, the providers (a stable key,
+a label for readers, a factory, the backend that runs it, ours or a peer), cold
+or warm inputs, the work per call (bytes, flops) and the baseline. ``run()``
+measures every provider at every x in one sitting (``rounds`` interleaved
+sweeps, each provider keeps its fastest: load only ever slows a run) and gives
+a :class:`Result` whose ``table()`` has, for each of ours, the ratio to the
+baseline and to the FASTEST peer at that x (named), % of the machine's limit
+and the backend; ``plot()`` draws it with the machine in the caption.
+
+    spec = perf.Benchmark(
+        name="cold GEMV", x="M", x_values=[1, 16, 64],
+        providers=[perf.Provider("ours", "ours W4A8", make_ours, ours=True, backend="cpp-avx2"),
+                   perf.Provider("fp32", "torch F.linear", make_fp32, backend="torch")],
+        baseline="fp32", cold=True, bytes_moved=lambda x: ..., flops=lambda x: ...)
+    res = spec.run()
+    res.table(limits)      # ratios to baseline and fastest peer, % of roof
+    res.plot(roof=limits)
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from . import bench
+
+METRICS = {"GB/s": "gbps", "GFLOP/s": "gflops", "s": "median_s"}
+
+
+@dataclass
+class Provider:
+    """One contender: ``make(x)`` builds fresh inputs and returns a no-argument callable."""
+    key: str
+    label: str
+    make: Callable[[Any], Callable[[], Any]]
+    ours: bool = False
+    backend: str = "torch"        # cpp-avx512 / cpp-avx2 / cpp-scalar / numba / torch-fallback / a library's name
+    only: Callable[[Any], bool] | None = None   # x values this provider applies to (default: all)
+
+
+@dataclass
+class Benchmark:
+    name: str
+    x: str
+    x_values: Sequence
+    providers: list[Provider]
+    baseline: str
+    cold: bool = False
+    bytes_moved: Callable[[Any], float] | None = None
+    flops: Callable[[Any], float] | None = None
+    working_set: Callable[[Any], int] | None = None
+    unit: str = "GB/s"
+    repeats: int = 5
+    rounds: int = 1
+    warmup: int = 2
+    x_label: Callable[[Any], str] = str
+    notes: list = field(default_factory=list)
+
+    def __post_init__(self):
+        keys = [p.key for p in self.providers]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"benchmark {self.name!r}: provider keys must be unique, got {keys}")
+        if self.baseline not in keys:
+            raise ValueError(f"benchmark {self.name!r}: baseline {self.baseline!r} is not a provider; have {keys}")
+        if not any(p.ours for p in self.providers):
+            raise ValueError(f"benchmark {self.name!r}: no provider is marked ours=True")
+        if self.unit not in METRICS:
+            raise ValueError(f"unit {self.unit!r} must be one of {sorted(METRICS)}")
+        if self.unit == "GB/s" and self.bytes_moved is None or self.unit == "GFLOP/s" and self.flops is None:
+            raise ValueError(f"unit {self.unit} needs {'bytes_moved' if self.unit == 'GB/s' else 'flops'}=")
+        if isinstance(self.rounds, bool) or self.rounds < 1:
+            raise ValueError(f"rounds={self.rounds!r}: pass a whole number >= 1")
+
+    def run(self, progress: bool = True) -> "Result":
+        """Measure every provider at every x, ``rounds`` times interleaved; each keeps its fastest round."""
+        import pandas as pd
+        frames = []
+        for r in range(self.rounds):
+            for x in self.x_values:
+                provs = {p.key: p.make for p in self.providers if p.only is None or p.only(x)}
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", bench.SpreadWarning)  # the spread column says it
+                    df = bench.bench(provs, [x], bytes_moved=self.bytes_moved, flops=self.flops, cold=self.cold,
+                                     working_set=self.working_set, warmup=self.warmup, repeats=self.repeats,
+                                     progress=progress, desc=f"{self.name} {self.x}={self.x_label(x)}"
+                                                             f" ({r + 1}/{self.rounds})")
+                df["round"] = r
+                frames.append(df)
+        every = pd.concat(frames, ignore_index=True)
+        every["x"] = every["size"].map(self.x_label)
+        best = every.loc[every.groupby(["provider", "x"], sort=False)["median_s"].idxmin()].reset_index(drop=True)
+        by_key = {p.key: p for p in self.providers}
+        best["label"] = best["provider"].map(lambda k: by_key[k].label)
+        best["backend"] = best["provider"].map(lambda k: by_key[k].backend)
+        best["ours"] = best["provider"].map(lambda k: by_key[k].ours)
+        best["rounds"] = self.rounds
+        return Result(self, best, every)
+
+
+@dataclass
+class Result:
+    spec: Benchmark
+    df: Any        # one row per provider and x: the fastest round
+    rounds: Any    # every round's row
+
+    def time(self, key: str, x=None):
+        """Median seconds of provider ``key`` (a Series by x label, or one number at ``x``)."""
+        rows = self.df[self.df["provider"] == key].set_index("x")["median_s"]
+        if rows.empty:
+            raise KeyError(f"provider {key!r} not in benchmark {self.spec.name!r}; have {self.keys()}")
+        return float(rows[self.spec.x_label(x)]) if x is not None else rows
+
+    def keys(self) -> list[str]:
+        return list(dict.fromkeys(self.df["provider"]))
+
+    def ratio(self, of: str, over: str):
+        """Speed-up of ``of`` over ``over`` at each x (time of ``over`` / time of ``of``); same run, same state."""
+        return (self.time(over) / self.time(of)).dropna()
+
+    def fastest_peer(self):
+        """Per x label: the fastest provider that is not ours (key, label, seconds)."""
+        peers = self.df[~self.df["ours"]]
+        i = peers.groupby("x", sort=False)["median_s"].idxmin()
+        return peers.loc[i, ["x", "provider", "label", "backend", "median_s"]].set_index("x")
+
+    def table(self, limits: dict | None = None, bandwidth: str = "read_gbps"):
+        """For each of ours at each x: time, ratio to the baseline and to the fastest peer, % of the roof."""
+        import pandas as pd
+        fast = self.fastest_peer()
+        base = self.time(self.spec.baseline)
+        rows = []
+        for _, r in self.df[self.df["ours"]].iterrows():
+            peer = fast.loc[r["x"]] if r["x"] in fast.index else None
+            row = {self.spec.x: r["x"], "ours": r["label"], "backend": r["backend"], "ms": 1e3 * r["median_s"],
+                   f"vs {self._label(self.spec.baseline)}": base.get(r["x"], math.nan) / r["median_s"],
+                   "fastest peer": peer["label"] if peer is not None else "-",
+                   "vs fastest peer": peer["median_s"] / r["median_s"] if peer is not None else math.nan}
+            if limits is not None:
+                row["% of roof"] = self._pct(r, limits, bandwidth)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def _label(self, key: str) -> str:
+        return next(p.label for p in self.spec.providers if p.key == key)
+
+    def _pct(self, row, limits: dict, bandwidth: str) -> float:
+        from . import roofline
+        fl = self.spec.flops(row["size"]) if self.spec.flops else 0.0
+        by = self.spec.bytes_moved(row["size"]) if self.spec.bytes_moved else 0.0
+        if fl == 0 and by == 0:
+            return math.nan
+        return roofline.bound(fl, by, row["median_s"], limits, bandwidth)["pct_of_limit"]
+
+    def plot(self, ax=None, roof: dict | None = None, logx: bool | None = None, logy: bool = False,
+             bandwidth: str = "read_gbps"):
+        """One line per provider (ours solid, peers dashed), the quartile band shaded, the roof dashed."""
+        from . import plots
+        plots.style()
+        if ax is None:
+            _, ax = plots.figure()
+        col = METRICS[self.spec.unit]
+        numeric = all(isinstance(v, (int, float)) for v in self.spec.x_values)
+        xs = {self.spec.x_label(v): (v if numeric else i) for i, v in enumerate(self.spec.x_values)}
+        for key in self.keys():
+            g = self.df[self.df["provider"] == key]
+            x = g["x"].map(xs)
+            line, = ax.plot(x, g[col], marker="o", linestyle="-" if g["ours"].iloc[0] else "--",
+                            label=g["label"].iloc[0])
+            if col + "_lo" in g:
+                ax.fill_between(x, g[col + "_lo"], g[col + "_hi"], color=line.get_color(), alpha=0.15)
+        if roof is not None and self.spec.unit in ("GB/s", "GFLOP/s"):
+            limit = roof[bandwidth] if self.spec.unit == "GB/s" else roof["peak_gflops"]
+            ax.axhline(limit, color="k", linestyle=":", linewidth=1,
+                       label=f"machine limit ({limit:.0f} {self.spec.unit})")
+        if not numeric:
+            ax.set_xticks(list(xs.values()), list(xs.keys()), rotation=20)
+        elif logx if logx is not None else len(self.spec.x_values) > 2:
+            ax.set_xscale("log", base=2)
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel(self.spec.x)
+        ax.set_ylabel(self.spec.unit)
+        backends = sorted({b for b in self.df.loc[self.df["ours"], "backend"]})
+        plots.caption(ax, self.spec.name, backend="ours: " + ", ".join(backends))
+        ax.legend(fontsize="x-small", loc="best")
+        return ax
