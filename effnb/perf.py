@@ -39,6 +39,8 @@ class Provider:
     ours: bool = False
     backend: str = "torch"        # cpp-avx512 / cpp-avx2 / cpp-scalar / numba / torch-fallback / a library's name
     only: Callable[[Any], bool] | None = None   # x values this provider applies to (default: all)
+    bytes_moved: Callable[[Any], float] | None = None  # this provider's own byte count (default: the spec's)
+    flops: Callable[[Any], float] | None = None        # this provider's own flop count (default: the spec's)
 
 
 @dataclass
@@ -69,26 +71,33 @@ class Benchmark:
             raise ValueError(f"benchmark {self.name!r}: no provider is marked ours=True")
         if self.unit not in METRICS:
             raise ValueError(f"unit {self.unit!r} must be one of {sorted(METRICS)}")
-        if self.unit == "GB/s" and self.bytes_moved is None or self.unit == "GFLOP/s" and self.flops is None:
-            raise ValueError(f"unit {self.unit} needs {'bytes_moved' if self.unit == 'GB/s' else 'flops'}=")
+        need = {"GB/s": "bytes_moved", "GFLOP/s": "flops"}.get(self.unit)
+        if need and getattr(self, need) is None and any(getattr(p, need) is None for p in self.providers):
+            raise ValueError(f"unit {self.unit} needs {need}= on the benchmark or on every provider")
         if isinstance(self.rounds, bool) or self.rounds < 1:
             raise ValueError(f"rounds={self.rounds!r}: pass a whole number >= 1")
 
     def run(self, progress: bool = True) -> "Result":
         """Measure every provider at every x, ``rounds`` times interleaved; each keeps its fastest round."""
         import pandas as pd
+        from tqdm.auto import tqdm
         frames = []
+        jobs = self.rounds * sum(1 for x in self.x_values for p in self.providers if p.only is None or p.only(x))
+        bar = tqdm(total=jobs, desc=self.name, disable=not progress, leave=False)
         for r in range(self.rounds):
             for x in self.x_values:
-                provs = {p.key: p.make for p in self.providers if p.only is None or p.only(x)}
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", bench.SpreadWarning)  # the spread column says it
-                    df = bench.bench(provs, [x], bytes_moved=self.bytes_moved, flops=self.flops, cold=self.cold,
-                                     working_set=self.working_set, warmup=self.warmup, repeats=self.repeats,
-                                     progress=progress, desc=f"{self.name} {self.x}={self.x_label(x)}"
-                                                             f" ({r + 1}/{self.rounds})")
-                df["round"] = r
-                frames.append(df)
+                for p in self.providers:
+                    if p.only is not None and not p.only(x):
+                        continue
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", bench.SpreadWarning)  # the spread column says it
+                        df = bench.bench({p.key: p.make}, [x], bytes_moved=p.bytes_moved or self.bytes_moved,
+                                         flops=p.flops or self.flops, cold=self.cold, working_set=self.working_set,
+                                         warmup=self.warmup, repeats=self.repeats, progress=False)
+                    df["round"] = r
+                    frames.append(df)
+                    bar.update(1)
+        bar.close()
         every = pd.concat(frames, ignore_index=True)
         every["x"] = every["size"].map(self.x_label)
         best = every.loc[every.groupby(["provider", "x"], sort=False)["median_s"].idxmin()].reset_index(drop=True)
@@ -148,8 +157,10 @@ class Result:
 
     def _pct(self, row, limits: dict, bandwidth: str) -> float:
         from . import roofline
-        fl = self.spec.flops(row["size"]) if self.spec.flops else 0.0
-        by = self.spec.bytes_moved(row["size"]) if self.spec.bytes_moved else 0.0
+        p = next(q for q in self.spec.providers if q.key == row["provider"])
+        count_f, count_b = p.flops or self.spec.flops, p.bytes_moved or self.spec.bytes_moved
+        fl = count_f(row["size"]) if count_f else 0.0
+        by = count_b(row["size"]) if count_b else 0.0
         if fl == 0 and by == 0:
             return math.nan
         return roofline.bound(fl, by, row["median_s"], limits, bandwidth)["pct_of_limit"]
