@@ -66,7 +66,7 @@ def sidecar(hw, preset, overrides=None, status="ok", claims=(), roofline=None, f
             "versions": {"python": "3.11.9", "torch": "2.13.0"}, "git": {"commit": "0123456789abcdef", "dirty": False},
             "recorded_at": finished}
     data = {"chapter": "01", "status": status, "elapsed_s": 12.5, "parameters": {"threads": 2},
-            "provenance": prov, "claims": list(claims), "results": {"roofline": roofline} if roofline else {}}
+            "provenance": prov, "claims": list(claims), "results": {}, "limits": roofline, "schema": 2}
     data["run"] = {"preset": preset, "overrides": overrides or {}, "title": "Measuring efficiency",
                    "started": finished, "finished": finished, "elapsed_s": 14.0, "status": status,
                    "failed_cell": {"index": 3, "execution_count": 3, "first_line": "ch.record(...)"} if status != "ok" else None,

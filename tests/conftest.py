@@ -12,3 +12,16 @@ def built_book(tmp_path_factory):
     res, seconds = bf.jupyter_book(dest)
     return {"dest": dest, "html": dest / "_build" / "html", "made": made, "pages": first_pages,
             "result": res, "seconds": seconds}
+
+
+def require_cpp(family: str, load):
+    """The family's ops when a compiler exists; FAIL if they did not build (a broken kernel must not
+    pass as the fallback). Without a compiler, skip: the fallback path is what runs there."""
+    from effnb import ext
+    if ext.compiler() is None:
+        pytest.skip(f"no C++ compiler: kernel family {family} runs its fallback here")
+    ops = load()
+    st = ext.status(family)
+    assert ops is not None and st["backend"].startswith("cpp-"), (
+        f"kernel family {family} is not loaded ({st['reason']}); run `make ext` and read its error")
+    return ops

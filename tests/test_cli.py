@@ -125,11 +125,11 @@ def test_failing_cell_exits_4_and_names_cell_and_partial_notebook(tmp_path):
 
 def test_pages_is_delegated_with_its_arguments(monkeypatch):
     seen = []
-    fake = types.ModuleType("effnb.pages")
+    fake = types.ModuleType("effnb.runner.pages")
     fake.main = lambda argv: seen.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "effnb.pages", fake)
-    import effnb
-    monkeypatch.setattr(effnb, "pages", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "effnb.runner.pages", fake)
+    import effnb.runner
+    monkeypatch.setattr(effnb.runner, "pages", fake, raising=False)
     assert cli.main(["pages", "--runs-dir", "x", "--help"]) == 0
     assert seen == [["--runs-dir", "x", "--help"]]
 

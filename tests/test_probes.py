@@ -6,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from effnb import ext
 from effnb import probes as stream
+from conftest import require_cpp
 
 SIZES = st.one_of(st.sampled_from([0, 1, 7, 8, 9, 15, 16, 17, 63, 1023, 4097]), st.integers(0, 20_000))
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -13,12 +14,7 @@ SETTINGS = settings(max_examples=25, deadline=None)
 
 @pytest.fixture(scope="module")
 def ops():
-    try:
-        ext.build()
-    except ext.BuildError as err:
-        pytest.skip(f"C++ kernels unavailable here: {err}")
-    assert ext.load(), ext.status()
-    return torch.ops.effnb
+    return require_cpp("stream", stream.cpp_ops)
 
 
 def _arrays(n, seed, k=3):

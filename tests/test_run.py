@@ -263,14 +263,41 @@ def test_sidecar_written_by_effnb_chapter_reaches_the_run(tmp_path):
     assert not list((tmp_path / HW).glob("*tmp"))
 
 
-def test_inputs_hash_follows_only_the_code_a_chapter_uses():
-    """A chapter's runs depend on the effnb modules it imports (and theirs), not on other chapters'."""
+def test_inputs_hash_follows_only_what_a_chapter_declares(monkeypatch, tmp_path):
+    """Editing the sparse kernel reruns chapter 04 only; a common header reruns every C++ chapter."""
+    import shutil
+    from effnb import ext
     from effnb import runner as run_mod
-    uses = run_mod._effnb_modules("import effnb.roofline\nfrom effnb import bench, claims\nfrom .x import y")
-    assert uses == {"roofline", "bench", "claims", "x"}
-    files = {p.name for p in run_mod._code_files("import effnb.roofline")}
-    assert {"roofline.py", "bench.py", "provenance.py", "threads.py", "__init__.py"} <= files
-    assert "efficiency.py" not in files and "run.py" not in files
+    kernels = tmp_path / "kernels"
+    shutil.copytree(ext.KERNEL_DIR, kernels)
+    monkeypatch.setattr(ext, "KERNEL_DIR", kernels)
+    chapters = [c.id for c in run_mod.discover()]
+
+    def digests():
+        return {c: run_mod.input_digests(c, hardware=HW) for c in chapters}
+
+    before = digests()
+    (kernels / "sparse" / "sparse.cpp").write_text("// edited\n")
+    after = digests()
+    changed = {c: run_mod.changed_inputs(before[c], after[c]) for c in chapters}
+    assert changed["04"] == ["kernels sparse"]
+    assert all(changed[c] == [] for c in chapters if c != "04")
+    (kernels / "common" / "effnb.h").write_text("// edited\n")
+    again = digests()
+    uses_cpp = {c for c in chapters if run_mod.find_chapter(c).kernels}
+    assert {c for c in chapters if run_mod.changed_inputs(after[c], again[c])} == uses_cpp
+    assert uses_cpp >= {"01", "02", "04"}
+
+
+def test_a_chapter_declaring_a_missing_package_is_told(tmp_path):
+    import shutil
+    from effnb import runner as run_mod
+    nbdir = tmp_path / "nb"
+    shutil.copytree(Path(__file__).parent / "data" / "notebooks", nbdir)
+    spec = nbdir / "99_tiny.yaml"
+    spec.write_text(spec.read_text() + "packages: [no_such_package]\n")
+    with pytest.raises(run_mod.UsageError, match="no_such_package"):
+        run_mod.inputs_hash("99", notebooks_dir=nbdir)
 
 
 def test_inputs_hash_ignores_outputs(tmp_path):

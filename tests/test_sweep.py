@@ -76,9 +76,28 @@ def test_bad_grids_fail_before_any_job(tmp_path, monkeypatch, text, message):
 
 def test_dry_run_lists_jobs(tmp_path, capsys):
     grid = write_grid(tmp_path / "g.yaml", "runs:\n  - chapter: all\n    parameters: {label: [a, b, c]}\n")
-    assert cli.main(["sweep", str(grid), "--dry-run", "--notebooks-dir", str(NB_DIR)]) == 0
-    assert capsys.readouterr().out.splitlines() == [
-        "99_tiny smoke", "99_tiny smoke label=b", "99_tiny smoke label=c", "3 jobs"]
+    assert cli.main(["sweep", str(grid), "--dry-run", "--notebooks-dir", str(NB_DIR),
+                     "--runs-dir", str(tmp_path)]) == 0
+    lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
+    assert lines == ["run 99_tiny smoke no earlier run", "run 99_tiny smoke label=b no earlier run",
+                     "run 99_tiny smoke label=c no earlier run", "3 jobs: 3 would run, 0 unchanged"]
+
+
+@pytest.mark.slow
+def test_dry_run_says_which_declared_input_changed(tmp_path):
+    import shutil
+    nbdir = tmp_path / "nb"
+    shutil.copytree(NB_DIR, nbdir)
+    runs = [{"chapter": "99"}]
+    sweep.sweep(runs, runs_dir=tmp_path / "runs", notebooks_dir=nbdir, progress=False, file=open(os.devnull, "w"))
+    [step] = sweep.plan(runs, runs_dir=tmp_path / "runs", notebooks_dir=nbdir)
+    assert step["action"] == "skip" and step["why"] == []
+    spec = nbdir / "99_tiny.yaml"
+    spec.write_text(spec.read_text().replace("scale: {min: 0, max: 10}", "scale: {min: 0, max: 11}"))
+    [step] = sweep.plan(runs, runs_dir=tmp_path / "runs", notebooks_dir=nbdir)
+    assert step["action"] == "run" and step["why"] == ["yaml"]
+    assert sweep.plan(runs, runs_dir=tmp_path / "runs", notebooks_dir=nbdir, preset="full")[0]["why"] == \
+        ["no earlier run"]
 
 
 def test_book_grid_is_valid():

@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "tcp://host:port connects to a running scheduler (shared filesystem assumed)")
     p.add_argument("--force", action="store_true", help="run every job, even unchanged ones")
     p.add_argument("--runs-dir", type=Path, default=None, metavar="DIR", help="default: book/runs")
-    p.add_argument("--dry-run", action="store_true", help="validate and list the jobs, run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and list the jobs, each with why it would run (missing, failed, or which "
+                        "declared input changed: notebook, yaml, package X, kernels Y, core, parameters); run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(p)
 
@@ -147,10 +149,12 @@ def cmd_run(args) -> int:
 def cmd_sweep(args) -> int:
     from . import sweep as _sweep
     if args.dry_run:
-        jobs = _sweep.expand(_sweep.load_grid(args.grid), args.preset, args.notebooks_dir)
-        for job in jobs:
-            print(job.label)
-        print(f"{len(jobs)} jobs")
+        steps = _sweep.plan(args.grid, args.preset, args.runs_dir, args.notebooks_dir, args.force)
+        width = max((len(s["job"]) for s in steps), default=0)
+        for s in steps:
+            print(f"{s['action']:4s}  {s['job'].ljust(width)}  {', '.join(s['why']) or 'unchanged'}")
+        n = sum(s["action"] == "run" for s in steps)
+        print(f"{len(steps)} jobs: {n} would run, {len(steps) - n} unchanged")
         return EXIT_OK
     results = _sweep.sweep(args.grid, preset=args.preset, scheduler=args.scheduler, force=args.force,
                            runs_dir=args.runs_dir, notebooks_dir=args.notebooks_dir,

@@ -55,6 +55,14 @@ def declared_inputs(ch: ChapterSpec) -> dict[str, list[Path]]:
     return groups
 
 
+def _name(p: Path) -> str:
+    """A file's name in the hash: relative to the checkout, so two clones hash alike."""
+    try:
+        return p.relative_to(ROOT).as_posix()
+    except ValueError:
+        return p.as_posix()
+
+
 def _digest(parts: list[tuple[str, bytes]]) -> str:
     h = hashlib.sha256()
     for tag, data in parts:
@@ -70,7 +78,7 @@ def input_digests(chapter: ChapterSpec | str, preset: str = "smoke", overrides: 
     out = {"notebook": _digest([("cells", _notebook_source(ch.notebook).encode())]),
            "yaml": _digest([("yaml", ch.spec.read_bytes() if ch.spec else b"")])}
     for group, paths in declared_inputs(ch).items():
-        out[group] = _digest([(p.relative_to(ROOT).as_posix(), p.read_bytes()) for p in paths])
+        out[group] = _digest([(_name(p), p.read_bytes()) for p in paths])
     out["parameters"] = _digest([("p", json.dumps(resolve(ch, preset, overrides), sort_keys=True,
                                                   default=str).encode())])
     out["hardware"] = _digest([("hw", (hardware or provenance.hardware_id()).encode())])

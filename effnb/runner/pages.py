@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .. import claims as _claims
 from .. import files
+from ..sidecar import Sidecar
 
 NOTE_CELL_ID = "effnb-provenance-note"
 VERSION_DISTS = ("jupyter-book", "sphinx", "myst-nb", "papermill", "torch", "numpy", "numba", "pandas",
@@ -106,10 +107,16 @@ class Run:
 
     @property
     def roofline(self) -> dict | None:
-        r = (self.data.get("results") or {}).get("roofline")
-        if isinstance(r, dict) and any(isinstance(r.get(k), (int, float)) for k in ROOF_KEYS):
+        """The machine limits the run probed (``ch.use_limits``), from the sidecar's own field."""
+        r = Sidecar.from_dict(self.data).limits
+        if isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) and r[k] > 0
+                                       for k in ("read_gbps", "peak_gflops")):
             return r
         return None
+
+    @property
+    def backends(self) -> dict:
+        return Sidecar.from_dict(self.data).backends
 
 
 def load_runs(runs_dir: Path) -> list[Run]:
@@ -131,16 +138,7 @@ def load_runs(runs_dir: Path) -> list[Run]:
 
 
 # --------------------------------------------------------------------------- helpers
-def write_if_changed(path: Path, content: str | bytes) -> bool:
-    """Write only when the bytes differ, so Sphinx's mtime check sees nothing new."""
-    data = content.encode() if isinstance(content, str) else content
-    if path.exists() and path.read_bytes() == data:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    return True
+write_if_changed = files.write_if_changed
 
 
 def _e(value) -> str:
@@ -336,36 +334,16 @@ def _latest(runs: list[Run], pred) -> Run | None:
     return max(hits, key=lambda r: r.finished) if hits else None
 
 
-def roofline_png(roof: dict, title: str) -> bytes:
-    """A log-log roofline: the memory roofs (read, triad) and the compute roof."""
+def roofline_png(roof: dict, hardware_id: str) -> bytes:
+    """The machine's roofline, drawn by effnb.roofline.plot (the same picture the chapters show)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    import numpy as np
 
+    from .. import plots, roofline
+    plots.style()
     fig = Figure(figsize=(6.4, 4.0), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    x = np.logspace(-4, 8, 200, base=2)
-    peak = roof.get("peak_gflops")
-    peak = float(peak) if isinstance(peak, (int, float)) and peak > 0 else None
-    for key, style in (("triad_gbps", "-"), ("read_gbps", "--"), ("copy_gbps", ":")):
-        bw = roof.get(key)
-        if isinstance(bw, (int, float)) and bw > 0:
-            y = bw * x if peak is None else np.minimum(bw * x, peak)
-            ax.plot(x, y, style, label=f"{key.split('_')[0]} {bw:.3g} GB/s")
-    if peak is not None:
-        ax.axhline(peak, color="k", lw=0.8, alpha=0.5, label=f"peak {peak:.3g} GFLOP/s")
-        bw = roof.get("triad_gbps")
-        if isinstance(bw, (int, float)) and bw > 0:
-            ax.axvline(peak / bw, color="grey", lw=0.6, ls=":")  # the ridge point
-        ax.set_ylim(top=peak * 2)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("arithmetic intensity (flop/byte)")
-    ax.set_ylabel("GFLOP/s")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    roofline.plot(dict(roof, hardware_id=hardware_id), ax=fig.add_subplot(), title="Roofline")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
@@ -416,7 +394,7 @@ def hardware_page(runs: list[Run]) -> tuple[str, dict[str, bytes]]:
                  _table("effnb-roofline", ["read GB/s", "copy GB/s", "triad GB/s", "peak GFLOP/s", "threads"],
                         [({"class": "effnb-roof"}, cells)])]
         name = f"roofline-{_slug(hw)}.png"
-        images[name] = roofline_png(roof, f"{hw} ({threads if threads is not None else '?'} threads)")
+        images[name] = roofline_png(roof, hw)
         text += [f"![Roofline of {hw}]({name})", ""]
     return "\n".join(text), images
 

@@ -148,6 +148,26 @@ def run_job(job: Job, runs_dir: str, notebooks_dir: str, force: bool = False,
     return out
 
 
+def plan(grid: Path | str | list, preset: str | None = None, runs_dir: Path | str | None = None,
+         notebooks_dir: Path | str | None = None, force: bool = False) -> list[dict]:
+    """What a sweep would do, without running anything: each job, ``run`` or ``skip``, and why.
+
+    ``why`` is ``no earlier run``, ``the last run failed``, or the declared input
+    groups whose digest changed (``kernels sparse``, ``package quant``, ``notebook``...).
+    """
+    runs = load_grid(grid) if not isinstance(grid, list) else grid
+    hw = _run.hardware_id()
+    out = []
+    for job in expand(runs, preset, notebooks_dir):
+        ch = _run.find_chapter(job.chapter, notebooks_dir)
+        paths = _run.run_paths(ch, job.preset, job.params, runs_dir, hw)
+        why = ["--force"] if force else _run.why_stale(paths, _run.input_digests(ch, job.preset, job.params,
+                                                                                  hardware=hw))
+        out.append({"job": job.label, "action": "run" if why else "skip", "why": why,
+                    "output": str(paths.notebook)})
+    return out
+
+
 def _serial(jobs, runs_dir, notebooks_dir, force, bar):
     for job in jobs:
         bar.set_postfix_str(job.label)
