@@ -124,7 +124,8 @@ def bench(providers: Mapping[str, Callable[[Any], Callable[[], Any]]], sizes: It
     the interquartile band as ``*_lo`` / ``*_hi``.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
+    from .plots import quiet_tqdm
+    tqdm = quiet_tqdm()
 
     sizes = list(sizes)
     rows = []

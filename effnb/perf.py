@@ -80,7 +80,8 @@ class Benchmark:
     def run(self, progress: bool = True) -> "Result":
         """Measure every provider at every x, ``rounds`` times interleaved; each keeps its fastest round."""
         import pandas as pd
-        from tqdm.auto import tqdm
+        from .plots import quiet_tqdm
+        tqdm = quiet_tqdm()
         frames = []
         jobs = self.rounds * sum(1 for x in self.x_values for p in self.providers if p.only is None or p.only(x))
         bar = tqdm(total=jobs, desc=self.name, disable=not progress, leave=False)

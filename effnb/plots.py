@@ -37,3 +37,12 @@ def caption(ax, text: str, backend: str | None = None) -> str:
     title = f"{text}\n[{where}]" if text else f"[{where}]"
     ax.set_title(title)
     return title
+
+
+def quiet_tqdm():
+    """tqdm's notebook-or-terminal bar, without its 'IProgress not found' warning in headless runs."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from tqdm.auto import tqdm
+    return tqdm

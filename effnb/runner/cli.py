@@ -106,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("chapter", metavar="CHAPTER")
     _common(p)
 
+    p = sub.add_parser("new", help="scaffold a chapter that passes `make test` as generated (or --remove it)",
+                       description="Write notebooks/NN_SLUG.ipynb and .yaml, the technique package effnb/SLUG/, "
+                                   "the kernel family kernels/SLUG/, tests/test_SLUG.py, a _toc.yml entry and a "
+                                   "book/references.bib stub; build the family and execute the notebook once. "
+                                   "--remove deletes all of it again.")
+    p.add_argument("number", metavar="NN", help="two-digit chapter number, e.g. 07")
+    p.add_argument("slug", metavar="SLUG", help="lower-case name: the package, kernel family and file stem")
+    p.add_argument("--title", default=None, help="the chapter's title (default from the slug)")
+    p.add_argument("--remove", action="store_true", help="delete a scaffolded chapter and its registrations")
+
     p = sub.add_parser("pages", help="build the book's chapter pages from book/runs (effnb.runner.pages)",
                        add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER, help="passed to effnb.runner.pages")
@@ -168,6 +178,18 @@ def cmd_refresh(args) -> int:
     return EXIT_OK
 
 
+def cmd_new(args) -> int:
+    from . import scaffold
+    if args.remove:
+        gone = scaffold.remove(args.number, args.slug)
+        print(f"removed chapter {args.number}_{args.slug}: {len(gone)} paths, its _toc.yml entry and bibliography stub")
+        return EXIT_OK
+    made = scaffold.create(args.number, args.slug, args.title)
+    print(f"chapter {args.number}_{args.slug}: wrote {len(made)} files, built kernels/{args.slug}, executed "
+          f"notebooks/{args.number}_{args.slug}.ipynb; next: write the chapter, then `effnb refresh {args.number}`")
+    return EXIT_OK
+
+
 def cmd_pages(args) -> int:
     try:
         from . import pages
@@ -178,7 +200,8 @@ def cmd_pages(args) -> int:
     return pages.main(list(args.args)) or EXIT_OK
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "sweep": cmd_sweep, "refresh": cmd_refresh, "pages": cmd_pages}
+COMMANDS = {"list": cmd_list, "run": cmd_run, "sweep": cmd_sweep, "refresh": cmd_refresh, "new": cmd_new,
+            "pages": cmd_pages}
 
 
 def main(argv: list[str] | None = None) -> int:
