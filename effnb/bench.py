@@ -198,3 +198,37 @@ def perf_plot(df, *, y: str = "gbps", x: str = "size", ylabel: str = "GB/s", xla
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     return ax
+
+
+def grows_with_work(seconds, work, min_slope: float = 0.3) -> tuple[bool, str]:
+    """Sanity check for a series whose time must grow with its work (flops or bytes).
+
+    Fits the log-log slope of time against work; a slope below ``min_slope`` (an
+    ideal kernel has ~1, a cache effect may bend it, but flat means the timer
+    measured something else: a fixed overhead, a lazy op, a wrong callable).
+    Returns ``(ok, reason)``, to pass as ``valid=`` to a claim.
+    """
+    t = np.asarray(seconds, dtype=float)
+    w = np.asarray(work, dtype=float)
+    if t.size != w.size or t.size < 2:
+        raise ValueError(f"need at least 2 (seconds, work) pairs of equal length, got {t.size} and {w.size}")
+    if not (np.isfinite(t).all() and (t > 0).all() and (w > 0).all()):
+        return False, "a timing or work count is not a positive number"
+    if w.max() / w.min() < 2:
+        raise ValueError("the work must span at least 2x to tell growth from noise")
+    slope = float(np.polyfit(np.log(w), np.log(t), 1)[0])
+    if slope < min_slope:
+        return False, (f"invalid measurement: time grew as work^{slope:.2f} over a {w.max() / w.min():.0f}x "
+                       f"range of work (at least work^{min_slope} expected): the timer did not measure the work")
+    return True, ""
+
+
+def agrees_with(rate: float, reference: float, name: str, factor: float = 5.0) -> tuple[bool, str]:
+    """The same op measured twice in one run must agree within ``factor``; else the measurement is broken."""
+    if not (rate > 0 and reference > 0):
+        return False, f"invalid measurement: {name} rate {rate!r} or its reference {reference!r} is not positive"
+    off = max(rate / reference, reference / rate)
+    if off > factor:
+        return False, (f"invalid measurement: {name} ran at {rate:.3g}, {off:.0f}x off the {reference:.3g} "
+                       "measured for the same op elsewhere in this run")
+    return True, ""

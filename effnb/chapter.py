@@ -65,11 +65,17 @@ class ChapterRun:
         self.parameters = dict(parameters)
         self.seed = seed
         self.kernels = list(kernels)
-        self.claims = _claims.Ledger(chapter)
+        self.claims = _claims.Ledger(chapter, backend=self._default_backend())
         self.results: dict = {}
         self.limits: dict | None = None
         self.started = time.time()
         self.provenance = provenance.collect(self.parameters, {"seed": seed})
+
+    def _default_backend(self) -> str:
+        """What a claim row names when it names nothing itself: the declared kernel families' paths."""
+        if not self.kernels:
+            return f"{provenance.isa_level()} (no C++ family)"
+        return ", ".join(f"{f} {b}" for f, b in self.backends().items())
 
     def record(self, name: str, value, *, glue: bool = True, display: bool = False):
         """Keep a result for the sidecar and glue it for the book's prose (``{glue:}`name```)."""

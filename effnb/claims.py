@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
 NOT_TESTABLE = "not testable at this scale"
-VERDICTS = (REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE)
+INVALID = "invalid measurement"       # the measurement itself failed a sanity check: no verdict on the paper
+INCONCLUSIVE = "inconclusive"         # a statistical claim whose interval is wider than its margin
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, NOT_TESTABLE, INVALID, INCONCLUSIVE)
 
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
 
@@ -36,6 +38,7 @@ class Claim:
     target: str
     verdict: str
     reason: str = ""
+    backend: str = ""     # what produced the figure: cpp-avx2, numba-avx512, torch, ...
 
     def row(self) -> dict:
         return asdict(self)
@@ -54,11 +57,19 @@ def _fmt(x: float | None, target: str = "") -> str:
     return f"{x:.{digits}g}"
 
 
+def _require_figure(key: str, measured) -> None:
+    if measured is None or not isinstance(measured, (int, float)) or isinstance(measured, bool) \
+            or not math.isfinite(measured):
+        raise ClaimError(f"claim {key!r} has no finite measured figure ({measured!r}): measure it, or use "
+                         f"not_testable(...) with the reason")
+
+
 class Ledger:
     """The claims of one chapter run, in the order stated."""
 
-    def __init__(self, chapter: str = ""):
+    def __init__(self, chapter: str = "", backend: str = ""):
         self.chapter = chapter
+        self.backend = backend   # named in every row that does not name its own
         self.claims: list[Claim] = []
 
     def _add(self, claim: Claim) -> Claim:
@@ -68,26 +79,62 @@ class Ledger:
         return claim
 
     def check(self, key: str, *, paper: str, statement: str, quoted: str, measured: float | None,
-              target: tuple[str, float], unit: str = "", reason: str = "") -> Claim:
-        """State a claim and judge it: verdict = ``measured <op> value`` for ``target=(op, value)``."""
-        if measured is None or not isinstance(measured, (int, float)) or isinstance(measured, bool) \
-                or math.isnan(measured):
-            raise ClaimError(f"claim {key!r} has no measured figure ({measured!r}): measure it, or use "
-                             f"not_testable(...) with the reason")
+              target: tuple[str, float], unit: str = "", reason: str = "", backend: str = "",
+              valid: tuple[bool, str] = (True, "")) -> Claim:
+        """State a claim and judge it: verdict = ``measured <op> value`` for ``target=(op, value)``.
+
+        ``valid=(False, why)`` (e.g. from :func:`effnb.bench.grows_with_work`) makes the
+        verdict "invalid measurement" whatever the figure: a broken timing proves nothing.
+        """
+        _require_figure(key, measured)
         op, value = target
         if op not in _OPS:
             raise ClaimError(f"target operator {op!r} for claim {key!r} must be one of {sorted(_OPS)}")
-        ok = _OPS[op](float(measured), float(value))
+        ok, why = valid
+        verdict = (REPRODUCED if _OPS[op](float(measured), float(value)) else NOT_REPRODUCED) if ok else INVALID
         return self._add(Claim(key, paper, statement, quoted, float(measured), unit,
-                               f"{op} {_fmt(float(value))} {unit}".strip(),
-                               REPRODUCED if ok else NOT_REPRODUCED, reason))
+                               f"{op} {_fmt(float(value))} {unit}".strip(), verdict,
+                               reason if ok else f"{why}. {reason}".strip(), backend or self.backend))
+
+    def equivalent(self, key: str, *, paper: str, statement: str, quoted: str, differences, margin: float,
+                   unit: str = "points", alpha: float = 0.05, backend: str = "") -> Claim:
+        """"No loss" claims, judged by an equivalence test (TOST) on paired ``differences``.
+
+        Reproduced when the (1 - 2 alpha) confidence interval of the mean difference
+        lies inside +/- ``margin``; not reproduced when it lies wholly outside;
+        inconclusive otherwise. The row states the test, the margin, the interval,
+        n and the power to detect equivalence at a true difference of 0.
+        """
+        from scipy import stats
+        import numpy as np
+        d = np.asarray(differences, dtype=float)
+        if d.size < 2 or not np.isfinite(d).all():
+            raise ClaimError(f"claim {key!r} needs at least 2 finite paired differences, got {d.tolist()}")
+        if not margin > 0:
+            raise ClaimError(f"claim {key!r}: the equivalence margin must be > 0, got {margin!r}")
+        n, mean = d.size, float(d.mean())
+        se = float(d.std(ddof=1) / np.sqrt(n)) or 1e-12
+        t = stats.t.ppf(1 - alpha, n - 1)
+        lo, hi = mean - t * se, mean + t * se
+        power = float(max(0.0, 2 * stats.t.cdf(margin / se - t, n - 1) - 1))
+        if -margin < lo and hi < margin:
+            verdict = REPRODUCED
+        elif hi < -margin or lo > margin:
+            verdict = NOT_REPRODUCED
+        else:
+            verdict = INCONCLUSIVE
+        why = (f"TOST, alpha {alpha} each side: {100 * (1 - 2 * alpha):.0f}% CI [{lo:+.3g}, {hi:+.3g}] {unit} vs "
+               f"margin +/-{margin:g}; n = {n}; power at a true difference of 0: {power:.0%}")
+        return self._add(Claim(key, paper, statement, quoted, mean, unit, f"|diff| < {margin:g} {unit}",
+                               verdict, why, backend or self.backend))
 
     def not_testable(self, key: str, *, paper: str, statement: str, quoted: str, reason: str,
-                     measured: float | None = None, unit: str = "") -> Claim:
+                     measured: float | None = None, unit: str = "", backend: str = "") -> Claim:
         """A claim this machine cannot test (say why, and what was measured instead, if anything)."""
         if not reason.strip():
             raise ClaimError(f"claim {key!r} is marked not testable without a reason")
-        return self._add(Claim(key, paper, statement, quoted, measured, unit, "-", NOT_TESTABLE, reason))
+        return self._add(Claim(key, paper, statement, quoted, measured, unit, "-", NOT_TESTABLE, reason,
+                               backend or self.backend))
 
     def rows(self) -> list[dict]:
         return [dict(c.row(), chapter=self.chapter) for c in self.claims]
@@ -101,16 +148,18 @@ class Ledger:
 
     def __repr__(self) -> str:
         lines = [f"{c.verdict.upper():>26}  {c.paper}: {c.statement} (paper {c.quoted}; "
-                 f"ours {_fmt(c.measured, c.target)} {c.unit}; target {c.target})" for c in self.claims]
+                 f"ours {_fmt(c.measured, c.target)} {c.unit}; target {c.target}; {c.backend or 'backend ?'})"
+                 for c in self.claims]
         return "\n".join(lines) or "(no claims)"
 
 
-_COLOURS = {REPRODUCED: "#d4edda", NOT_REPRODUCED: "#f8d7da", NOT_TESTABLE: "#e2e3e5"}
+_COLOURS = {REPRODUCED: "#d4edda", NOT_REPRODUCED: "#f8d7da", NOT_TESTABLE: "#e2e3e5", INVALID: "#ffe5b4",
+            INCONCLUSIVE: "#fff3cd"}
 
 
 def claims_table_html(rows: list[dict], extra_columns: tuple[str, ...] = ()) -> str:
     """An HTML table of claim rows (used in notebooks and the ledger page)."""
-    cols = [*extra_columns, "paper", "statement", "quoted", "measured", "target", "verdict", "reason"]
+    cols = [*extra_columns, "paper", "statement", "quoted", "measured", "target", "verdict", "backend", "reason"]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = []
     for r in rows:

@@ -171,7 +171,7 @@ def test_a_miss_never_prints_as_the_target():
 
 @pytest.mark.parametrize("measured", [None, float("nan"), "0.1", True])
 def test_claim_without_a_measurement_is_an_error(measured):
-    with pytest.raises(claims.ClaimError, match="no measured figure"):
+    with pytest.raises(claims.ClaimError, match="no finite measured figure"):
         _check(claims.Ledger(), measured=measured)
 
 
@@ -220,3 +220,38 @@ def test_chapter_rejects_bad_device_and_threads():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA GPU"):
             chapter.start("99", threads=1, device="cuda")
+
+
+# ---------------------------------------------------------------- measurement guards and verdicts
+
+def test_flat_timings_are_an_invalid_measurement():
+    ok, why = bench.grows_with_work([0.028, 0.0281, 0.0279], [1e8, 4e8, 1.6e9])
+    assert not ok and "invalid measurement" in why
+    assert bench.grows_with_work([0.01, 0.04, 0.15], [1e8, 4e8, 1.6e9]) == (True, "")
+    led = claims.Ledger("01")
+    c = led.check("dw", paper="p", statement="s", quoted="<= 0.25", measured=0.03, target=("<=", 0.25),
+                  valid=(ok, why))
+    assert c.verdict == claims.INVALID and "invalid measurement" in c.reason
+    assert bench.agrees_with(0.23, 40.2, "1x1 conv GFLOP/s")[0] is False
+    assert bench.agrees_with(38.0, 40.2, "1x1 conv GFLOP/s") == (True, "")
+
+
+def test_inf_is_no_figure():
+    with pytest.raises(claims.ClaimError, match="finite"):
+        _check(claims.Ledger(), measured=float("inf"))
+
+
+def test_equivalence_claims_say_test_margin_and_power():
+    import numpy as np
+    led = claims.Ledger("04", backend="cpp-avx2")
+    rng = np.random.default_rng(0)
+    tight = led.equivalent("a", paper="p", statement="no loss", quoted="no loss",
+                           differences=rng.normal(0.0, 0.3, 20), margin=1.0)
+    assert tight.verdict == claims.REPRODUCED and "TOST" in tight.reason and "power" in tight.reason
+    wide = led.equivalent("b", paper="p", statement="no loss", quoted="no loss",
+                          differences=[-11.9, 5.6, -3.0, 2.0], margin=1.0)
+    assert wide.verdict == claims.INCONCLUSIVE
+    worse = led.equivalent("c", paper="p", statement="no loss", quoted="no loss",
+                           differences=rng.normal(-5.0, 0.3, 20), margin=1.0)
+    assert worse.verdict == claims.NOT_REPRODUCED
+    assert {r["backend"] for r in led.rows()} == {"cpp-avx2"}

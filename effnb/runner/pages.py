@@ -290,7 +290,7 @@ def write_chapters(runs: list[Run], hardware_id: str, notebooks: Path, out: Path
 
 # --------------------------------------------------------------------------- ledger
 LEDGER_COLUMNS = ["chapter", "hardware id", "preset", "paper", "statement", "paper's figure", "ours",
-                  "target", "verdict", "reason"]
+                  "target", "verdict", "backend", "reason"]
 
 
 def ledger_page(runs: list[Run]) -> str:
@@ -307,7 +307,7 @@ def ledger_page(runs: list[Run]) -> str:
             ours = f"{_claims._fmt(c.get('measured'))} {c.get('unit') or ''}".strip()
             cells = [_e(run.chapter), f"<code>{_e(run.hardware_id)}</code>", _e(preset), _e(c.get("paper")),
                      _e(c.get("statement")), _e(c.get("quoted")), _nowrap(ours), _nowrap(c.get("target")),
-                     _verdict_cell(verdict), _e(c.get("reason"))]
+                     _verdict_cell(verdict), _nowrap(c.get("backend") or "not named"), _e(c.get("reason"))]
             rows.append(({"class": "effnb-claim", "id": cid, "data-verdict": verdict}, cells))
     out = ["# Claims ledger", "",
            "Every claim checked by every run, on every machine whose runs are in `book/runs/`. "
