@@ -121,3 +121,17 @@ def test_bytes_moved():
         stream.bytes_moved("add", 10)
     with pytest.raises(ValueError):
         stream.bytes_moved("read", -1)
+
+
+@pytest.mark.parametrize("name, args", [
+    ("stream_copy", lambda: (torch.ones(33), torch.zeros(33))),
+    ("stream_scale", lambda: (torch.ones(33), torch.zeros(33), 2.0)),
+    ("stream_triad", lambda: (torch.zeros(33), torch.ones(33), torch.ones(33), 3.0)),
+    ("stream_read", lambda: (torch.ones(33),)),
+])
+def test_opcheck(ops, name, args):
+    """The schemas declared in Python match what the C++ ops do ((a!) on what they write)."""
+    utils = ("test_schema", "test_autograd_registration")
+    if name != "stream_read":   # it returns a Python float: no fake tensor can stand for it
+        utils += ("test_faketensor",)
+    torch.library.opcheck(getattr(torch.ops.effnb, name).default, args(), test_utils=utils)
