@@ -119,6 +119,19 @@ def test_committed_chapter_notebook_is_clean(path):
     assert not found, f"{path.name}:\n  " + "\n  ".join(found)
 
 
+@pytest.mark.skipif(not CHAPTERS, reason="no chapter notebooks committed under notebooks/ yet")
+@pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_committed_outputs_are_not_stale(path):
+    """The committed outputs come from the chapter's current code: its cells, YAML, packages and kernels."""
+    from effnb import runner
+    nb = json.loads(path.read_text())
+    recorded = (nb.get("metadata", {}).get("effnb") or {}).get("source_hash")
+    stem = path.stem
+    assert recorded == runner.source_hash(stem), (
+        f"{path.name}: its outputs were made from other code than what is committed now "
+        f"(a cell, its YAML, or a package or kernel family it declares changed): run `effnb refresh {stem[:2]}`")
+
+
 def test_fixture_chapter_is_clean():
     assert problems(*load(FIXTURE)) == []
 

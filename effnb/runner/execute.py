@@ -23,7 +23,7 @@ from .. import files
 from ..chapter import NOTEBOOK_ENV, SIDECAR_ENV
 from ..provenance import ROOT
 from ..sidecar import Sidecar
-from .inputs import changed_inputs, input_digests, inputs_hash
+from .inputs import changed_inputs, input_digests, inputs_hash, source_hash
 from .spec import (CellFailed, ChapterSpec, _fmt, check_environment, effective_overrides, find_chapter,
                    resolve)
 
@@ -305,5 +305,6 @@ def refresh(chapter: ChapterSpec | str, notebooks_dir: Path | str | None = None,
                              f"{exc.ename}: {exc.evalue}; {ch.notebook.name} left unchanged") from None
         finally:
             _restore_env(old_env)
+    nb.metadata["effnb"] = {"source_hash": source_hash(ch)}  # tests/test_hygiene.py: stale outputs fail
     _write_notebook(nb, ch.notebook)
     return ch.notebook

@@ -98,3 +98,18 @@ def changed_inputs(old: dict[str, str] | None, new: dict[str, str]) -> list[str]
     if not old:
         return ["no earlier run"]
     return [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+SOURCE_GROUPS = ("notebook", "yaml")   # plus every declared package and kernel family
+
+
+def source_hash(chapter: ChapterSpec | str, notebooks_dir: Path | str | None = None) -> str:
+    """The hash a committed notebook records when refreshed: its cells, YAML, packages and kernels.
+
+    Machine, parameters and the core are left out on purpose: the committed
+    outputs are the smoke run's, and they go stale when the chapter's own code
+    changes, which is what ``tests/test_hygiene.py`` checks.
+    """
+    d = input_digests(chapter, notebooks_dir=notebooks_dir, hardware="-")
+    keep = {k: v for k, v in d.items() if k in SOURCE_GROUPS or k.startswith(("package ", "kernels "))}
+    return inputs_hash(None, digests=keep)
