@@ -50,8 +50,7 @@ def check_device(device: str) -> str:
     if device == "cpu":
         return device
     if device == "cuda":
-        import torch
-        if not torch.cuda.is_available():
+        if not provenance.cuda_available():
             raise RuntimeError("device='cuda' but torch sees no CUDA GPU on this machine; use device='cpu'")
         return device
     raise ValueError(f"device={device!r} is not one of 'cpu', 'cuda'")

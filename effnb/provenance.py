@@ -114,12 +114,18 @@ def memory_bytes() -> int:
     return 0
 
 
+def cuda_available() -> bool:
+    """True where torch sees a CUDA GPU: the one device check of effnb."""
+    import torch
+    return torch.cuda.is_available()
+
+
 @functools.lru_cache(maxsize=1)
 def gpu() -> dict | None:
     """The first CUDA device and its driver, or None on a CPU-only machine."""
     try:
         import torch
-        if not torch.cuda.is_available():
+        if not cuda_available():
             return None
         props = torch.cuda.get_device_properties(0)
         driver = None

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from .. import threads as _threads
-from ..provenance import ROOT
+from ..provenance import ROOT, cuda_available
 
 NOTEBOOKS_DIR = ROOT / "notebooks"
 SPEC_KEYS = {"chapter", "title", "packages", "kernels", "bibliography", "parameters", "presets"}
@@ -118,7 +118,7 @@ class Param:
                 extra = ""
                 if self.name == "threads":
                     extra = f" (this machine has {_threads.available_cores()} usable cores)"
-                elif self.name == "device" and v == "cuda" and not _cuda_available():
+                elif self.name == "device" and v == "cuda" and not cuda_available():
                     extra = "; this chapter has no CUDA path, and torch sees no CUDA GPU on this machine either"
                 raise UsageError(f"{self.name}={_fmt(value)}{where} is not allowed: use {self.allowed()}{extra}")
         return value
@@ -335,15 +335,10 @@ def resolve(chapter: ChapterSpec, preset: str = "smoke", overrides: dict | None 
     return values
 
 
-def _cuda_available() -> bool:
-    import torch
-    return torch.cuda.is_available()
-
-
 def check_environment(params: dict) -> None:
     """Raise EnvironmentUnsupported when this machine cannot run these parameters (exit code 3)."""
     if params.get("device") == "cuda":
-        if not _cuda_available():
+        if not cuda_available():
             raise EnvironmentUnsupported("device=cuda, but torch sees no CUDA GPU on this machine; "
                                     "use -p device=cpu")
 
