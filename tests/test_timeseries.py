@@ -223,3 +223,54 @@ def test_select_channels_matches_loop_and_restricts_kernels():
         T.select_channels(r, scores, keep_channels=0)
     with pytest.raises(NotFittedError):
         T.SelectedWaveletRocket(T.WaveletRocket(5), [0]).fit()
+
+
+# ------------------------------------------------------------------ the chapter's races and the package's layout
+
+def test_sweep_races_ours_against_sktime_and_names_backends():
+    from effnb import provenance
+    races = T.throughput_sweep([32], vary="length", length=32, n_kernels=20, n_series=2, threads=1, seed=0, repeats=3)
+    assert set(races) == {"ROCKET", "MiniRocket"}
+    for fam, res in races.items():
+        df = res.df.set_index("provider")
+        ours, peer = T.experiments.RACES[fam][0][0], T.experiments.RACES[fam][1][0]
+        assert df.loc[ours, "backend"] == f"numba-{provenance.isa_level()}" and df.loc[ours, "ours"]
+        assert df.loc[peer, "backend"].startswith("sktime ") and not df.loc[peer, "ours"]
+        assert (df["compile_s"] > 0).all() and (df["gflops"] > 0).all()
+        # both sides are credited with our work count, so the GFLOP/s ratio is the speed ratio
+        speed = float(res.ratio(ours, peer).iloc[0])
+        assert speed == pytest.approx(df.loc[ours, "gflops"] / df.loc[peer, "gflops"])
+    with pytest.raises(ValueError, match="vary"):
+        T.throughput_sweep([32], vary="width", length=32, n_kernels=20, n_series=2, threads=1)
+
+
+def test_streaming_bench_rows_follow_its_race():
+    net = T.ContinualTCN(channels=2, layers=2, kernel_size=2, in_channels=1, seed=0)
+    stream = np.random.default_rng(0).normal(size=(1, 60))
+    frame, res = T.streaming_bench(net, stream, [8, 16], steps=20, repeats=3)
+    assert list(frame["window"]) == [8, 16] and list(frame["ops_ratio"]) == [8.0, 16.0]
+    per_step = res.time("continual") / 20
+    np.testing.assert_allclose(frame["continual_s"], per_step.to_numpy())
+    best = frame[["windowed_numba_s", "windowed_torch_s"]].min(axis=1)
+    np.testing.assert_allclose(frame["time_ratio"], best / frame["continual_s"])
+    assert T.streaming_numbers(frame)["window_min64"] == 16     # no window of 64: the largest stands in
+    with pytest.raises(ValueError, match="too short"):
+        T.streaming_bench(net, stream, [64], steps=20)
+
+
+def test_package_imports_only_core_and_shared_effnb_modules():
+    import ast
+    from pathlib import Path
+    allowed = {"bench", "perf", "plots", "provenance", "ext", "roofline", "show", "files", "threads", "claims",
+               "models", "data"}
+    for path in Path(T.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level >= 2 or (node.module or "").startswith("effnb")):
+                parts = (node.module or "").split(".")[(0 if node.level >= 2 else 1):]   # below effnb
+                names = parts[:1] if parts and parts[0] else [a.name for a in node.names]
+                assert set(names) <= allowed, f"{path.name} imports effnb.{names}"
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.startswith("effnb."):
+                        assert a.name.split(".")[1] in allowed, f"{path.name} imports {a.name}"
+        assert len(path.read_text().splitlines()) <= 500, f"{path.name} is over 500 lines"

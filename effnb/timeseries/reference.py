@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import MINI_COMBOS, MINI_LENGTH
+from .minirocket import MINI_COMBOS, MINI_LENGTH
 
 
 def conv_dilated(x: np.ndarray, w: np.ndarray, dilation: int, padding: int) -> np.ndarray:
