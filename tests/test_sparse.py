@@ -1,4 +1,16 @@
-"""effnb.sparse: layouts, kernels (C++ when built, fallback otherwise) and pruning, against plain references."""
+"""effnb.sparse: layouts, kernels (C++ under test wherever a compiler exists), pruning and the chapter's
+benchmark specs, each against a plain reference.
+
+The kernel tests below run three times where the CPU allows: in this process
+(the build for this machine), and in subprocesses on builds made with
+EFFNB_ISA=avx2 and EFFNB_ISA=scalar, each asserting the code path that ran. The
+fallback is tested by forcing it, never by a failed build.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -6,9 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from effnb import ext
 from effnb import sparse as S
 
 PATTERNS = ["unstructured", "1x4", "dense"]
+EXPECT_PATH = "EFFNB_SPARSE_EXPECT_PATH"   # set by the ISA subprocess runs: the path their build must run
 
 
 def ref_matmul(sw, b):
@@ -17,6 +31,21 @@ def ref_matmul(sw, b):
 
 def close(got, ref, k):
     return torch.allclose(got.double(), ref, atol=1e-4 * max(1, k) ** 0.5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- the kernels
+
+def test_cpp_is_under_test():
+    """Wherever a compiler exists the C++ family must be loaded: a broken build must not pass as the fallback."""
+    st_ = ext.status("sparse")
+    if ext.compiler() is None:
+        assert S.backend() == ext.FALLBACK
+        return
+    assert S.available() and S.backend().startswith("cpp-"), (
+        f"kernel family sparse is not loaded ({st_['reason']}); run `make ext` and read its error")
+    assert S.backend() == ext.backend("sparse") == f"cpp-{st_['isa_path']}"
+    if os.environ.get(EXPECT_PATH):
+        assert S.backend() == f"cpp-{os.environ[EXPECT_PATH]}", (S.backend(), ext.isa())
 
 
 @settings(max_examples=60, deadline=None)
@@ -32,6 +61,139 @@ def test_matmul_matches_reference(n, k, p, sparsity, pattern, seed):
     assert close(S.matmul(sw, b), ref, k)
     assert close(S.matmul(sw, b[:, 0].contiguous()), ref[:, 0], k)
 
+
+@pytest.mark.parametrize("n, k, p", [(1, 1, 1), (7, 13, 3), (37, 41, 1), (33, 40, 65), (64, 300, 33), (5, 9, 200)])
+@pytest.mark.parametrize("pattern, sparsity", [("unstructured", 0.0), ("unstructured", 0.9), ("1x4", 0.3),
+                                               ("1x4", 0.95), ("dense", None)])
+def test_awkward_shapes_and_empty_rows_match_reference(n, k, p, pattern, sparsity):
+    """Sizes off the vector width and the group of four, strips with tails, empty rows, the large-P loop order."""
+    g = torch.Generator().manual_seed(n * 1000 + k)
+    w = torch.randn(n, k, generator=g)
+    w[n // 2] = 0.0
+    b = torch.randn(k, p, generator=g)
+    sw = S.sparsify(w, sparsity, pattern)
+    ref = ref_matmul(sw, b)
+    assert close(S.matmul(sw, b), ref, k)
+    assert close(S.matmul(sw, b[:, 0].contiguous()), ref[:, 0], k)
+
+
+def _op_args():
+    """One call of every op, on awkward shapes and both index widths."""
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(13, 37, generator=g)
+    b, x = torch.randn(37, 11, generator=g), torch.randn(37, generator=g)
+    csr, csr32 = S.sparsify(w, 0.6), S.sparsify(w, 0.6, index_dtype="int32")
+    grp, d4 = S.sparsify(w, 0.5, "1x4"), S.sparsify(w, None, "dense")
+    return [("sparse_spmm", (csr.ptr, csr.col, csr.values, b, 13)),
+            ("sparse_spmm", (csr32.ptr, csr32.col, csr32.values, b, 13)),
+            ("sparse_spmv", (csr.ptr, csr.col, csr.values, x, 13)),
+            ("group4_spmm", (grp.ptr, grp.col, grp.values, b, 13)),
+            ("group4_spmv", (grp.ptr, grp.col, grp.values, x, 13)),
+            ("dense4_spmm", (d4.values, b, 13)),
+            ("dense4_spmv", (d4.values, x, 13))]
+
+
+def test_every_op_is_declared_once_in_python():
+    assert set(S.ops.SCHEMAS) == set(S.OPS) == {name for name, _ in _op_args()}
+    cpp = (Path(ext.KERNEL_DIR) / "sparse" / "sparse.cpp").read_text()
+    assert "m.def(" not in cpp and "TORCH_LIBRARY_FRAGMENT" not in cpp and "TORCH_LIBRARY_IMPL(effnb, CPU" in cpp
+
+
+@pytest.mark.parametrize("name, args", _op_args(), ids=[f"{n}-{i}" for i, (n, _) in enumerate(_op_args())])
+def test_fake_kernels_give_the_output_shape(name, args):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    S.ops.declare()
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        out = getattr(torch.ops.effnb, name)(*fake)
+    want = (13, 11) if name.endswith("spmm") else (13,)
+    assert tuple(out.shape) == want and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name, args", _op_args(), ids=[f"{n}-{i}" for i, (n, _) in enumerate(_op_args())])
+def test_opcheck(name, args):
+    if not S.available():
+        pytest.skip("opcheck needs the C++ kernels (test_cpp_is_under_test fails where a compiler exists)")
+    torch.library.opcheck(getattr(torch.ops.effnb, name).default, args)
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda a: (a[0], a[1], a[2].double(), a[3], a[4]), "values is Double; pass values as Float"),
+    (lambda a: (a[0], a[1], a[2], torch.randn(11, 37).t(), a[4]), "B is strided; pass B.contiguous()"),
+    (lambda a: (a[0].long(), a[1], a[2], a[3], a[4]), "row pointer is Long"),
+    (lambda a: (a[0], a[1], a[2], a[3], 12), "expected 13 entries"),
+    (lambda a: (a[0], a[1].float(), a[2], a[3], a[4]), "int32 or int16"),
+    (lambda a: (a[0], a[1], a[2][:-1].contiguous(), a[3], a[4]), "differ in length"),
+])
+def test_kernels_reject_bad_inputs(mutate, match):
+    if not S.available():
+        pytest.skip("the C++ checks need the C++ kernels")
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.effnb.sparse_spmm(*mutate(_op_args()[0][1]))
+
+
+KERNEL_TESTS = ["test_cpp_is_under_test", "test_matmul_matches_reference",
+                "test_awkward_shapes_and_empty_rows_match_reference", "test_opcheck", "test_kernels_reject_bad_inputs",
+                "test_empty_rows_and_wide_inputs_use_the_right_index_type", "test_linear_and_conv1x1_match_torch"]
+
+
+@pytest.mark.parametrize("level", ["avx2", "scalar"])
+def test_kernels_at_a_lower_isa_level(level):
+    """The family built with EFFNB_ISA=<level> (its own cached build) runs its own code path through the
+    kernel tests above: the AVX2 path and the plain C++ path, on any CPU that runs them."""
+    if os.environ.get(EXPECT_PATH):
+        pytest.skip("already inside an ISA run")
+    if ext.compiler() is None:
+        pytest.skip("no C++ compiler: only the fallback runs here (tested by forcing it)")
+    if ext.LEVELS.index(level) > ext.LEVELS.index(ext.cpu_level()):
+        pytest.skip(f"this CPU does not run {level}")
+    env = {**os.environ, "EFFNB_ISA": level, EXPECT_PATH: level}
+    build = subprocess.run([sys.executable, "-m", "effnb.ext", "build", "sparse"], env=env, capture_output=True,
+                           text=True, timeout=900)
+    assert build.returncode == 0, build.stdout + build.stderr
+    assert f"cpp-{level}" in build.stdout, build.stdout
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+                          "-k", " or ".join(KERNEL_TESTS), __file__], env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and "skipped" not in run.stdout and "deselected" in run.stdout, run.stdout[-2000:]
+
+
+# ---------------------------------------------------------------- the fallback
+
+def test_forced_fallback_gives_the_same_answer(monkeypatch):
+    g = torch.Generator().manual_seed(5)
+    w, x = torch.randn(9, 11, generator=g), torch.randn(4, 11, generator=g)
+    layouts = [S.sparsify(w, 0.5), S.sparsify(w, 0.5, "1x4"), S.sparsify(w, None, "dense")]
+    fast = [(S.linear(x, sw), S.linear(x[:1], sw)) for sw in layouts]
+    monkeypatch.setattr(S.ops, "available", lambda: False)
+    calls = []
+    reference = S.ops.reference.matmul
+    monkeypatch.setattr(S.ops.reference, "matmul", lambda sw, b: calls.append(sw.pattern) or reference(sw, b))
+    assert S.backend() == ext.FALLBACK
+    for sw, (y, y1) in zip(layouts, fast):
+        assert torch.allclose(S.linear(x, sw), y, atol=1e-5) and torch.allclose(S.linear(x[:1], sw), y1, atol=1e-5)
+    assert calls == [p for p in PATTERNS for _ in range(2)]     # every call took the reference
+    assert S.linear_benchmark([(8, 8)], [1], [0.5]).providers[1].backend == ext.FALLBACK
+
+
+def test_backend_is_cpp_whenever_the_library_is_built():
+    if ext.load("sparse"):
+        assert S.backend() == ext.backend("sparse") and S.backend().startswith("cpp-")
+    else:
+        assert S.backend() == ext.FALLBACK
+
+
+def test_unbuilt_library_falls_back_and_still_answers(tmp_path):
+    code = ("import torch; from effnb import sparse as S; w = torch.randn(6, 9); sw = S.sparsify(w, 0.5); "
+            "x = torch.randn(2, 9); assert S.backend() == 'torch-fallback', S.backend(); "
+            "assert torch.allclose(S.linear(x, sw), x @ sw.to_dense().t(), atol=1e-5); print('fallback ok')")
+    env = dict(os.environ, EFFNB_CACHE=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "fallback ok" in out.stdout, out.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- layouts and layers
 
 @pytest.mark.parametrize("pattern", PATTERNS[:2])
 def test_layout_keeps_the_largest_weights(pattern):
@@ -110,6 +272,9 @@ def test_bad_inputs_say_what_to_do():
     with pytest.raises(TypeError, match="SparseWeight"):
         S.linear(torch.randn(2, 6), torch.randn(4, 6))
 
+
+
+# ---------------------------------------------------------------- pruning, training, experiments
 
 def test_sparsify_module_replaces_pointwise_layers_and_keeps_outputs():
     model = S.digits_cnn(width=8, seed=0).eval()
@@ -210,29 +375,105 @@ def test_paired_test_and_break_even():
     assert np.isnan(S.break_even([0.0, 0.5], [0.2, 0.4]))
 
 
-def test_fallback_path_gives_the_same_answer(monkeypatch):
-    w = torch.randn(9, 11)
-    sw = S.sparsify(w, 0.5, "1x4")
-    x = torch.randn(4, 11)
-    fast = S.linear(x, sw)
-    monkeypatch.setattr(S, "backend", lambda: "fallback")
-    assert torch.allclose(S.linear(x, sw), fast, atol=1e-5)
 
 
-def test_backend_is_cpp_whenever_the_library_is_built():
-    from effnb import ext
-    if ext.load():
-        assert S.backend() == "cpp", "the effnb library is loaded but lacks the sparse ops: rebuild it"
-    else:
-        assert S.backend() == "fallback"
+# ---------------------------------------------------------------- the chapter's benchmark specs
+
+LIMITS = {"read_gbps": 20.0, "peak_gflops": 100.0}
 
 
-def test_unbuilt_library_falls_back_and_still_answers(tmp_path):
-    import subprocess
-    import sys
-    code = ("import torch; from effnb import sparse as S; w = torch.randn(6, 9); sw = S.sparsify(w, 0.5); "
-            "x = torch.randn(2, 9); assert S.backend() == 'fallback', S.backend(); "
-            "assert torch.allclose(S.linear(x, sw), x @ sw.to_dense().t(), atol=1e-5); print('fallback ok')")
-    env = dict(__import__("os").environ, EFFNB_CACHE=str(tmp_path))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "fallback ok" in out.stdout, out.stderr[-2000:]
+@pytest.fixture
+def small_llc(monkeypatch):
+    """A tiny last-level cache: cold benchmarks of tiny weights then rotate through a few copies, not thousands."""
+    from effnb import provenance
+    monkeypatch.setattr(provenance, "llc_bytes", lambda: 1 << 16)
+
+
+def _as_rows(y, n):
+    """Any provider's output as (n x M): F.linear gives (M x n), vectors become one column."""
+    y = torch.as_tensor(np.asarray(y)).double()
+    y = y if y.shape[0] == n else y.t()
+    return y.reshape(n, -1)
+
+
+def test_linear_peers_agree_and_count_their_own_bytes(small_llc):
+    import scipy.sparse as sps
+    spec = S.linear_benchmark([(16, 24)], [1, 5], [0.5, 0.9], seed=3, bsr=True)
+    keys = [p.key for p in spec.providers]
+    assert keys[:4] == ["torch dense F.linear", "effnb CSR", "torch CSR", "scipy CSR"] and spec.baseline == keys[0]
+    assert [p.backend for p in spec.providers if p.ours] == [S.backend()]
+    for case in spec.x_values:
+        g = torch.Generator().manual_seed(3)
+        sw = S.sparsify(torch.randn(case.n, case.k, generator=g), case.sparsity)
+        x = torch.randn(case.m, case.k, generator=g)
+        ref = _as_rows(x.double() @ sw.to_dense().double().t(), case.n)
+        for p in spec.providers[:4]:   # BSR prunes whole 4x4 blocks: another weight, checked below
+            assert torch.allclose(_as_rows(p.make(case)(), case.n), ref, atol=1e-4), (p.key, case)
+        tcsr, scsr = sw.to_dense().to_sparse_csr(), sps.csr_matrix(sw.to_dense().numpy())
+        counted = {p.key: p.bytes_moved(case) for p in spec.providers}
+        if len(spec.providers) == 5:
+            bsr = spec.providers[4].make(case).__closure__
+            w_bsr = next(c.cell_contents for c in bsr if isinstance(c.cell_contents, torch.Tensor))
+            assert counted["torch BSR 4x4"] == sum(t.numel() * t.element_size() for t in (
+                w_bsr.values(), w_bsr.col_indices(), w_bsr.crow_indices()))
+            assert abs(1 - w_bsr.values().numel() / (case.n * case.k) - case.sparsity) < 0.1
+        assert counted["effnb CSR"] == sw.nbytes and counted["torch dense F.linear"] == 4 * case.n * case.k
+        assert counted["torch CSR"] == sum(t.numel() * t.element_size()
+                                           for t in (tcsr.values(), tcsr.col_indices(), tcsr.crow_indices()))
+        assert counted["scipy CSR"] == scsr.data.nbytes + scsr.indices.nbytes + scsr.indptr.nbytes
+        assert spec.providers[1].flops(case) == 2 * case.m * sw.nnz
+
+
+def test_linear_result_gives_tables_break_even_and_figures(small_llc):
+    res = S.linear_benchmark([(16, 24)], [1, 5], [0.3, 0.9], repeats=3).run(progress=False)
+    table = res.table(LIMITS)
+    assert list(table["backend"].unique()) == [S.backend()] and (table["% of roof"] > 0).all()
+    sp = S.by_case(res)
+    assert set(sp.provider) == {"effnb CSR", "torch CSR", "scipy CSR"} and len(sp) == 3 * 4
+    x = S.LinearCase(16, 24, 1, 0.9)
+    row = sp[(sp.provider == "effnb CSR") & (sp.m == 1) & (sp.sparsity == 0.9)].speedup.item()
+    assert row == pytest.approx(res.time("torch dense F.linear", x) / res.time("effnb CSR", x))
+    be = S.break_even_table(res)
+    assert list(be["M"]) == [1, 5] and list(be["shape"]) == ["16x24"] * 2
+    assert 0 < S.roof_pct(res, "torch dense F.linear", x, LIMITS)
+    for fig in (S.plot_speedups(res), S.plot_tradeoff(res, _summary())):
+        assert fig.get_size_inches()[0] <= 7.5 and "[" in fig._suptitle.get_text()
+
+
+def _summary():
+    import pandas as pd
+    return pd.DataFrame({"pattern": ["unstructured", "unstructured", "1x4"], "sparsity": [0.0, 0.9, 0.3],
+                         "mean": [92.0, 90.0, 91.0], "std": [0.5, 0.7, 0.0], "count": [2, 2, 2]})
+
+
+def test_conv_peers_compute_the_same_layer():
+    spec = S.conv_benchmark([(5, 8, 12), (3, 16, 4)], 0.7, seed=1)
+    keys = {p.key for p in spec.providers if not p.ours}
+    assert keys == {"torch dense conv2d", "torch conv2d channels_last", "torch matmul"}
+    for shape in spec.x_values:
+        hw, cin, cout = shape
+        outs = {p.key: p.make(shape)().reshape(cout, hw * hw) for p in spec.providers}
+        for key in ("torch conv2d channels_last", "torch matmul", "effnb sparse 1x1"):
+            assert torch.allclose(outs[key], outs["torch dense conv2d"], atol=1e-4), key
+        # the 1x4 layout prunes the same weight its own way; the dense twin keeps it whole
+        assert outs["effnb 1x4 1x1"].shape == outs["effnb dense same-code"].shape == (cout, hw * hw)
+    res = spec.run(progress=False)
+    assert set(res.fastest_peer()["provider"]) <= keys
+    assert res.plot(logy=True).figure.get_size_inches()[0] <= 7.5
+
+
+def test_group_benchmark_and_cnn_latency(small_llc):
+    res = S.group_benchmark(16, 24, [1, 3], 0.3, repeats=3).run(progress=False)
+    t = res.table()
+    assert set(t["ours"]) == {"effnb dense same-code", "effnb 1x4", "effnb CSR"}
+    assert set(t["fastest peer"]) == {"torch dense F.linear"}
+    assert list(res.ratio("effnb dense same-code", "effnb dense same-code")) == [1.0, 1.0]
+    net = S.digits_cnn(width=4, seed=0).eval()
+    layers = [m for _, m in S.prunable(net)]
+    S.apply_masks(layers, S.prune_masks(layers, 0.8))
+    nets = {"80% unstructured": (net, "unstructured")}
+    xb = torch.randn(3, 1, 8, 8)
+    assert S.same_predictions(nets, xb) == {"80% unstructured": True}
+    lat = S.cnn_latency_benchmark(nets, xb, repeats=3).run(progress=False)
+    assert lat.keys() == ["torch", "effnb"] and lat.ratio("effnb", "torch").notna().all()
+

@@ -25,11 +25,8 @@
 // instruction it lacks.
 
 #include "effnb.h"
-#include <ATen/ATen.h>
-#include <omp.h>
 
 #include <algorithm>
-#include <cstdint>
 
 namespace {
 
@@ -45,20 +42,21 @@ void for_blocks(int64_t n, int64_t block, const F& f) {
 
 constexpr int64_t kRowGrain = 16;
 
-void check_f32(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), "effnb sparse kernels run on the CPU; ", name, " is on ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kFloat, "effnb sparse kernels take float32; ", name, " is ",
-              t.scalar_type());
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+// Input checks run once per call, before any loop: they cost nothing per nonzero.
+void check_f32(const at::Tensor& t, const char* op, const char* name) {
+  effnb::check_cpu_contiguous(t, op, name);
+  effnb::check_dtype(t, at::kFloat, op, name);
 }
 
-void check_index(const at::Tensor& ptr, const at::Tensor& col, int64_t groups) {
-  TORCH_CHECK(ptr.scalar_type() == at::kInt && ptr.dim() == 1 && ptr.is_contiguous(),
-              "row pointer must be a contiguous 1-D int32 tensor");
-  TORCH_CHECK(ptr.numel() == groups + 1, "row pointer has ", ptr.numel(), " entries, expected ", groups + 1);
-  TORCH_CHECK((col.scalar_type() == at::kInt || col.scalar_type() == at::kShort) && col.dim() == 1 &&
-                  col.is_contiguous(),
-              "column indices must be a contiguous 1-D int32 or int16 (holding uint16) tensor");
+void check_index(const at::Tensor& ptr, const at::Tensor& col, int64_t groups, const char* op) {
+  effnb::check_cpu_contiguous(ptr, op, "the row pointer");
+  effnb::check_dtype(ptr, at::kInt, op, "the row pointer");
+  TORCH_CHECK(ptr.dim() == 1 && ptr.numel() == groups + 1, op, ": the row pointer has shape ", ptr.sizes(),
+              "; expected ", groups + 1, " entries");
+  effnb::check_cpu_contiguous(col, op, "the column indices");
+  TORCH_CHECK((col.scalar_type() == at::kInt || col.scalar_type() == at::kShort) && col.dim() == 1, op,
+              ": column indices must be a 1-D int32 or int16 (holding uint16) tensor, got ", col.scalar_type(),
+              " of shape ", col.sizes());
 }
 
 template <typename I>
@@ -75,7 +73,6 @@ inline int64_t colof(const I* c, int64_t p) {
 // nonzero costs one broadcast and NV(+1) fused multiply-adds.
 
 #if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
 #define EFFNB_SPARSE_AVX2 1
 
 inline __m256i tail_mask(int64_t r) {
@@ -233,11 +230,11 @@ void spmv_rows(const int32_t* ptr, const I* col, const float* val, const float* 
 
 at::Tensor sparse_spmm(const at::Tensor& rowptr, const at::Tensor& colidx, const at::Tensor& values,
                        const at::Tensor& B, int64_t N) {
-  check_index(rowptr, colidx, N);
-  check_f32(values, "values");
-  check_f32(B, "B");
-  TORCH_CHECK(B.dim() == 2, "B must be 2-D (K x P)");
-  TORCH_CHECK(values.numel() == colidx.numel(), "values and column indices differ in length");
+  check_index(rowptr, colidx, N, "sparse_spmm");
+  check_f32(values, "sparse_spmm", "values");
+  check_f32(B, "sparse_spmm", "B");
+  TORCH_CHECK(B.dim() == 2, "sparse_spmm: B must be 2-D (K x P)");
+  TORCH_CHECK(values.numel() == colidx.numel(), "sparse_spmm: values and column indices differ in length");
   const int64_t P = B.size(1);
   auto C = at::empty({N, P}, B.options());
   if (N == 0 || P == 0) return C;
@@ -256,11 +253,11 @@ at::Tensor sparse_spmm(const at::Tensor& rowptr, const at::Tensor& colidx, const
 
 at::Tensor sparse_spmv(const at::Tensor& rowptr, const at::Tensor& colidx, const at::Tensor& values,
                        const at::Tensor& x, int64_t N) {
-  check_index(rowptr, colidx, N);
-  check_f32(values, "values");
-  check_f32(x, "x");
-  TORCH_CHECK(x.dim() == 1, "x must be 1-D (K)");
-  TORCH_CHECK(values.numel() == colidx.numel(), "values and column indices differ in length");
+  check_index(rowptr, colidx, N, "sparse_spmv");
+  check_f32(values, "sparse_spmv", "values");
+  check_f32(x, "sparse_spmv", "x");
+  TORCH_CHECK(x.dim() == 1, "sparse_spmv: x must be 1-D (K)");
+  TORCH_CHECK(values.numel() == colidx.numel(), "sparse_spmv: values and column indices differ in length");
   auto y = at::empty({N}, x.options());
   if (N == 0) return y;
   const int32_t* ptr = rowptr.data_ptr<int32_t>();
@@ -362,11 +359,11 @@ int64_t groups_of(int64_t N) { return (N + 3) / 4; }
 at::Tensor group4_spmm(const at::Tensor& gptr, const at::Tensor& colidx, const at::Tensor& values,
                        const at::Tensor& B, int64_t N) {
   const int64_t G = groups_of(N);
-  check_index(gptr, colidx, G);
-  check_f32(values, "values");
-  check_f32(B, "B");
-  TORCH_CHECK(B.dim() == 2, "B must be 2-D (K x P)");
-  TORCH_CHECK(values.numel() == 4 * colidx.numel(), "1x4 values must hold 4 weights per stored column");
+  check_index(gptr, colidx, G, "group4_spmm");
+  check_f32(values, "group4_spmm", "values");
+  check_f32(B, "group4_spmm", "B");
+  TORCH_CHECK(B.dim() == 2, "group4_spmm: B must be 2-D (K x P)");
+  TORCH_CHECK(values.numel() == 4 * colidx.numel(), "group4_spmm: 1x4 values must hold 4 weights per stored column");
   const int64_t K = B.size(0), P = B.size(1);
   auto C = at::empty({N, P}, B.options());
   if (N == 0 || P == 0) return C;
@@ -386,11 +383,11 @@ at::Tensor group4_spmm(const at::Tensor& gptr, const at::Tensor& colidx, const a
 at::Tensor group4_spmv(const at::Tensor& gptr, const at::Tensor& colidx, const at::Tensor& values,
                        const at::Tensor& x, int64_t N) {
   const int64_t G = groups_of(N);
-  check_index(gptr, colidx, G);
-  check_f32(values, "values");
-  check_f32(x, "x");
-  TORCH_CHECK(x.dim() == 1, "x must be 1-D (K)");
-  TORCH_CHECK(values.numel() == 4 * colidx.numel(), "1x4 values must hold 4 weights per stored column");
+  check_index(gptr, colidx, G, "group4_spmv");
+  check_f32(values, "group4_spmv", "values");
+  check_f32(x, "group4_spmv", "x");
+  TORCH_CHECK(x.dim() == 1, "group4_spmv: x must be 1-D (K)");
+  TORCH_CHECK(values.numel() == 4 * colidx.numel(), "group4_spmv: 1x4 values must hold 4 weights per stored column");
   auto y = at::empty({N}, x.options());
   if (N == 0) return y;
   const int32_t* ptr = gptr.data_ptr<int32_t>();
@@ -407,17 +404,17 @@ at::Tensor group4_spmv(const at::Tensor& gptr, const at::Tensor& colidx, const a
   return y;
 }
 
-void check_w4(const at::Tensor& W4, int64_t N, int64_t K) {
-  check_f32(W4, "W4");
-  TORCH_CHECK(W4.dim() == 3 && W4.size(0) == groups_of(N) && W4.size(1) == K && W4.size(2) == 4,
-              "W4 must be W packed as [ceil(N/4), K, 4]; got ", W4.sizes());
+void check_w4(const at::Tensor& W4, int64_t N, int64_t K, const char* op) {
+  check_f32(W4, op, "W4");
+  TORCH_CHECK(W4.dim() == 3 && W4.size(0) == groups_of(N) && W4.size(1) == K && W4.size(2) == 4, op,
+              ": W4 must be W packed as [ceil(N/4), K, 4]; got ", W4.sizes());
 }
 
 at::Tensor dense4_spmm(const at::Tensor& W4, const at::Tensor& B, int64_t N) {
-  check_f32(B, "B");
-  TORCH_CHECK(B.dim() == 2, "B must be 2-D (K x P)");
+  check_f32(B, "dense4_spmm", "B");
+  TORCH_CHECK(B.dim() == 2, "dense4_spmm: B must be 2-D (K x P)");
   const int64_t K = B.size(0), P = B.size(1), G = groups_of(N);
-  check_w4(W4, N, K);
+  check_w4(W4, N, K, "dense4_spmm");
   auto C = at::empty({N, P}, B.options());
   if (N == 0 || P == 0) return C;
   const float* val = W4.data_ptr<float>();
@@ -430,10 +427,10 @@ at::Tensor dense4_spmm(const at::Tensor& W4, const at::Tensor& B, int64_t N) {
 }
 
 at::Tensor dense4_spmv(const at::Tensor& W4, const at::Tensor& x, int64_t N) {
-  check_f32(x, "x");
-  TORCH_CHECK(x.dim() == 1, "x must be 1-D (K)");
+  check_f32(x, "dense4_spmv", "x");
+  TORCH_CHECK(x.dim() == 1, "dense4_spmv: x must be 1-D (K)");
   const int64_t K = x.numel(), G = groups_of(N);
-  check_w4(W4, N, K);
+  check_w4(W4, N, K, "dense4_spmv");
   auto y = at::empty({N}, x.options());
   if (N == 0) return y;
   const float* val = W4.data_ptr<float>();
@@ -453,15 +450,7 @@ EFFNB_ISA_PATH("avx2")
 EFFNB_ISA_PATH("scalar")
 #endif
 
-TORCH_LIBRARY_FRAGMENT(effnb, m) {
-  m.def("sparse_spmm(Tensor rowptr, Tensor colidx, Tensor values, Tensor B, int N) -> Tensor");
-  m.def("sparse_spmv(Tensor rowptr, Tensor colidx, Tensor values, Tensor x, int N) -> Tensor");
-  m.def("group4_spmm(Tensor gptr, Tensor colidx, Tensor values, Tensor B, int N) -> Tensor");
-  m.def("group4_spmv(Tensor gptr, Tensor colidx, Tensor values, Tensor x, int N) -> Tensor");
-  m.def("dense4_spmm(Tensor W4, Tensor B, int N) -> Tensor");
-  m.def("dense4_spmv(Tensor W4, Tensor x, int N) -> Tensor");
-}
-
+// Schemas and fake kernels: effnb/sparse/ops.py (declared once, in Python).
 TORCH_LIBRARY_IMPL(effnb, CPU, m) {
   m.impl("sparse_spmm", &sparse_spmm);
   m.impl("sparse_spmv", &sparse_spmv);
