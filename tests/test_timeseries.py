@@ -225,7 +225,7 @@ def test_select_channels_matches_loop_and_restricts_kernels():
         T.SelectedWaveletRocket(T.WaveletRocket(5), [0]).fit()
 
 
-# ------------------------------------------------------------------ the chapter's races and the package's layout
+# ------------------------------------------------------------------ the chapter's races (the layout: tests/test_layout.py)
 
 def test_sweep_races_ours_against_sktime_and_names_backends():
     from effnb import provenance
@@ -256,21 +256,3 @@ def test_streaming_bench_rows_follow_its_race():
     assert T.streaming_numbers(frame)["window_min64"] == 16     # no window of 64: the largest stands in
     with pytest.raises(ValueError, match="too short"):
         T.streaming_bench(net, stream, [64], steps=20)
-
-
-def test_package_imports_only_core_and_shared_effnb_modules():
-    import ast
-    from pathlib import Path
-    allowed = {"bench", "perf", "plots", "provenance", "ext", "roofline", "show", "files", "threads", "claims",
-               "models", "data"}
-    for path in Path(T.__file__).parent.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.level >= 2 or (node.module or "").startswith("effnb")):
-                parts = (node.module or "").split(".")[(0 if node.level >= 2 else 1):]   # below effnb
-                names = parts[:1] if parts and parts[0] else [a.name for a in node.names]
-                assert set(names) <= allowed, f"{path.name} imports effnb.{names}"
-            elif isinstance(node, ast.Import):
-                for a in node.names:
-                    if a.name.startswith("effnb."):
-                        assert a.name.split(".")[1] in allowed, f"{path.name} imports {a.name}"
-        assert len(path.read_text().splitlines()) <= 500, f"{path.name} is over 500 lines"
