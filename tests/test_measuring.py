@@ -1,4 +1,5 @@
-"""Chapter 01's library: FLOP/byte counts, the runtime-model fit, the tiny transformer."""
+"""Chapter 01's library: FLOP/byte counts, the workloads and conv race, the runtime-model fit, the figures,
+and the tiny transformer it shares (effnb.models.tiny_decoder)."""
 import numpy as np
 import pytest
 import torch
@@ -152,8 +153,11 @@ def test_conv_pairs_and_fraction():
     rounds = E.conv_pairs([4, 8], hw=6, rounds=2, repeats=3)
     assert list(rounds["size"].unique()) == ["1x4x6x6", "1x8x6x6"] and len(rounds) == 4
     assert (rounds["fraction"] > 0).all()
+    ratio = rounds["dwconv3x3_gflops"] / rounds["conv1x1_gflops"]
+    assert rounds["fraction"].tolist() == pytest.approx(ratio.tolist())
     summary = E.depthwise_fraction(rounds)
     assert list(summary.index) == ["1x4x6x6", "1x8x6x6"]
+    assert set(summary["backend"]) == {E.torch_backend()}
     with pytest.raises(ValueError, match="channel"):
         E.conv_pairs([], hw=6)
     with pytest.raises(ValueError, match="conv_pairs"):
@@ -168,6 +172,7 @@ def test_measure_workloads_places_points_on_the_roofline():
     assert {"intensity", "gflops", "gbps", "binding", "pct_of_limit"} <= set(df.columns)
     assert df["intensity"].tolist() == [w.intensity for w in ws]
     assert set(df["binding"]) <= {"memory", "compute"}
+    assert set(df["backend"]) == {E.torch_backend()}
     with pytest.raises(ValueError, match="no workloads"):
         E.measure_workloads([], limits)
 
@@ -176,3 +181,46 @@ def test_flops_per_token_counts_linear_weights(model):
     d, ff, v, layers = 32, 128, 64, 2
     per_layer = d * 3 * d + d * d + d * ff + ff * d
     assert E.flops_per_token(model) == 2 * (layers * per_layer + d * v)
+
+
+def test_conv_benchmark_counts_each_layers_own_flops():
+    spec = E.conv_benchmark([4, 8], hw=6, rounds=2)
+    dense, depth = (p for p in spec.providers)
+    assert (dense.key, depth.key, spec.baseline) == ("conv1x1", "dwconv3x3", "conv1x1")
+    assert depth.ours and not dense.ours and spec.unit == "GFLOP/s"
+    assert dense.flops(8) == E.conv2d_counts(1, 8, 8, 6, 6)[0]
+    assert depth.flops(8) == E.conv2d_counts(1, 8, 8, 6, 6, kernel=3, groups=8)[0]
+    assert [spec.x_label(c) for c in spec.x_values] == ["1x4x6x6", "1x8x6x6"]
+    assert {p.backend for p in spec.providers} == {E.torch_backend()}
+    with pytest.raises(ValueError, match="repeats"):
+        E.conv_benchmark([4], hw=6, repeats=2)
+
+
+def test_torch_backend_names_the_isa_path():
+    assert E.torch_backend() == "torch-" + torch.backends.cpu.get_cpu_capability().lower()
+
+
+def test_figures_carry_the_machine_and_the_backend(model):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from effnb import provenance
+    limits = {"read_gbps": 10.0, "peak_gflops": 100.0, "threads": 2}
+    points = E.measure_workloads(E.suite(gemm_sizes=[16]), limits, repeats=3)
+    ax = E.plot_roofline(limits, points)
+    assert provenance.hardware_id() in ax.get_title() and E.torch_backend() in ax.get_title()
+    assert "2 threads" in ax.get_title()
+    gen = E.measure_generation(model, E.length_grid([4, 8], [2, 4]), [(6, 3)], rounds=3)
+    fit = E.fit_runtime(gen["prompt"][:4], gen["outputs"][:4], gen["best_s"][:4])
+    ax = E.plot_runtime_fit(gen, fit)
+    assert provenance.hardware_id() in ax.get_title() and E.torch_backend() in ax.get_title()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train", "held-out", "predicted = measured"]
+    plt.close("all")
+
+
+def test_decoder_lives_in_the_shared_models_package():
+    """Later chapters (KV caches, early exit) build the same decoder without chapter 01's package."""
+    from effnb.models import tiny_decoder as shared
+    for name in ("tiny_decoder", "flops_per_token", "generate", "generate_nocache"):
+        assert getattr(E, name) is getattr(shared, name)
