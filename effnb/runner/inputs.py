@@ -28,7 +28,17 @@ def _notebook_source(path: Path) -> str:
 
 
 def package_files(name: str) -> list[Path]:
-    """Every Python file of one effnb package (``effnb/<name>/``), sorted."""
+    """Every Python file of one effnb package (``effnb/<name>/``), sorted.
+
+    A dotted name (``models.tiny_decoder``) means one module of a shared package
+    and its ``__init__``: a chapter then goes stale only when what it uses changes.
+    """
+    if "." in name:
+        pkg, module = name.split(".", 1)
+        path = PACKAGE_DIR / pkg / f"{module.replace('.', '/')}.py"
+        if not path.is_file():
+            raise UsageError(f"the chapter declares module {name!r}, but effnb/{pkg}/{module}.py does not exist")
+        return sorted({path, PACKAGE_DIR / pkg / "__init__.py"})
     folder = PACKAGE_DIR / name
     if not (folder / "__init__.py").is_file():
         have = sorted(p.name for p in PACKAGE_DIR.iterdir() if (p / "__init__.py").is_file())
