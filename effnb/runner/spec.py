@@ -27,7 +27,7 @@ from .. import threads as _threads
 from ..provenance import ROOT, cuda_available
 
 NOTEBOOKS_DIR = ROOT / "notebooks"
-SPEC_KEYS = {"chapter", "title", "packages", "kernels", "bibliography", "parameters", "presets"}
+SPEC_KEYS = {"chapter", "title", "packages", "kernels", "bibliography", "typed_numbers", "parameters", "presets"}
 
 # ----------------------------------------------------------------- errors
 class EffnbError(Exception):
