@@ -267,8 +267,10 @@ def load(family: str) -> bool:
         path = _isa_path(lib)
     except Exception as err:  # noqa: BLE001 - any failure means "use the fallback"
         return _set(family, key=k, reason=f"could not load {lib}: {err}")
-    return _set(family, backend=f"cpp-{path}", reason=reason, path=str(lib), key=k,
-                build_s=info.get("build_s"), isa_path=path)
+    ok = _set(family, backend=f"cpp-{path}", reason=reason, path=str(lib), key=k,
+              build_s=info.get("build_s"), isa_path=path)
+    sync_threads()
+    return ok
 
 
 def status(family: str | None = None) -> dict:
@@ -290,6 +292,20 @@ def omp_threads(family: str) -> int:
     if not load(family):
         raise BuildError(f"kernel family {family} is not loaded: {status(family)['reason']}")
     return int(ctypes.CDLL(_state[family]["path"]).effnb_omp_threads())
+
+
+def sync_threads(n: int | None = None) -> None:
+    """Give every loaded family ``n`` OpenMP threads (default: torch's count).
+
+    The libraries link the system's libgomp while torch carries its own copy, so
+    ``torch.set_num_threads`` alone leaves our kernels at the count they started with.
+    """
+    if n is None:
+        import torch
+        n = torch.get_num_threads()
+    for st in _state.values():
+        if st.get("path"):
+            ctypes.CDLL(st["path"]).effnb_set_omp_threads(int(n))
 
 
 # ---------------------------------------------------------------- the build lock

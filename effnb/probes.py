@@ -261,6 +261,8 @@ SCHEMAS = {  # "(a!)" marks the argument each op writes in place
     "stream_copy": "(Tensor a, Tensor(a!) b) -> ()",
     "stream_scale": "(Tensor a, Tensor(a!) b, float s) -> ()",
     "stream_triad": "(Tensor(a!) a, Tensor b, Tensor c, float s) -> ()",
+    "stream_peak_fma": "(Tensor(a!) out, int iters) -> ()",   # kernels/stream/peak.cpp
+    "stream_fma_width": "(Tensor like) -> int",               # FMA lanes x chains per iteration
 }
 
 
@@ -280,5 +282,16 @@ def _declare():
     if FAMILY in ext._libraries:
         return
     ext.declare(FAMILY, SCHEMAS)
-    for name in ("stream_copy", "stream_scale", "stream_triad"):  # in-place writers: nothing to allocate
+    for name in ("stream_copy", "stream_scale", "stream_triad", "stream_peak_fma"):  # in-place writers
         torch.library.register_fake(f"effnb::{name}")(lambda *args: None)
+
+
+def peak_fma(threads: int, iters: int = 2_000_000):
+    """(seconds callable, flops per call) of the register-blocked FMA probe, or None without the C++ family."""
+    import torch
+    ops = cpp_ops()
+    if ops is None:
+        return None
+    out = torch.empty(16 * max(threads, 1))
+    flops = 2.0 * iters * ops.stream_fma_width(out) * threads
+    return (lambda: ops.stream_peak_fma(out, iters)), flops

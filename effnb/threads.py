@@ -40,6 +40,8 @@ def set_threads(n: int | None = None) -> int:
         os.environ[var] = str(n)
     import torch
     torch.set_num_threads(n)
+    from . import ext
+    ext.sync_threads(n)   # our kernels' OpenMP runtime is not torch's
     try:
         import numba
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))

@@ -100,11 +100,16 @@ def test_cli_help(capsys):
 def test_ops_follow_set_threads(built):
     """The libraries share torch's OpenMP runtime: effnb.threads.set_threads reaches the kernels."""
     from effnb import threads
+    import torch
     before = threads.current_threads()["torch"]
     try:
-        for n in range(1, threads.available_cores() + 1):
+        for f in ext.families():
+            ext.omp_threads(f)  # loaded and initialised at the current count
+        for n in [1, threads.available_cores(), 1]:
             threads.set_threads(n)
             assert {ext.omp_threads(f) for f in ext.families()} == {n}
+            # and the ops really run that many: the FMA probe wants 16 floats per OpenMP thread
+            torch.ops.effnb.stream_peak_fma(torch.empty(16 * n), 10)
     finally:
         threads.set_threads(before)
 

@@ -128,6 +128,7 @@ def test_bytes_moved():
     ("stream_scale", lambda: (torch.ones(33), torch.zeros(33), 2.0)),
     ("stream_triad", lambda: (torch.zeros(33), torch.ones(33), torch.ones(33), 3.0)),
     ("stream_read", lambda: (torch.ones(33),)),
+    ("stream_peak_fma", lambda: (torch.empty(16 * torch.get_num_threads()), 10)),
 ])
 def test_opcheck(ops, name, args):
     """The schemas declared in Python match what the C++ ops do ((a!) on what they write)."""

@@ -92,6 +92,7 @@ def test_machine_is_measured_once_then_cached(monkeypatch, tmp_path):
     bw, gemm = _fake_probes(calls)
     monkeypatch.setattr(roofline, "probe_bandwidth", bw)
     monkeypatch.setattr(roofline, "gemm_frame", gemm)
+    monkeypatch.setattr(roofline, "fma_frame", lambda *a, **k: None)  # no C++ family: the GEMM is the roof
     m = roofline.machine(threads=1)
     assert not m["cached"] and len(calls) == 1
     assert (m["read_gbps"], m["copy_gbps"], m["triad_gbps"], m["peak_gflops"]) == (30.0, 33.0, 25.0, 150.0)
@@ -112,6 +113,7 @@ def test_machine_keeps_the_best_of_its_probes(monkeypatch, tmp_path):
     bw, gemm = _fake_probes(calls)
     monkeypatch.setattr(roofline, "probe_bandwidth", bw)
     monkeypatch.setattr(roofline, "gemm_frame", gemm)
+    monkeypatch.setattr(roofline, "fma_frame", lambda *a, **k: None)
     first = roofline.machine(threads=1)
     slow = lambda *a, **k: bw(*a, **k).assign(gbps=lambda d: d["gbps"] / 2)  # a busy machine
     monkeypatch.setattr(roofline, "probe_bandwidth", slow)
@@ -127,6 +129,7 @@ def test_other_probe_parameters_are_another_probe(monkeypatch, tmp_path):
     bw, gemm = _fake_probes(calls)
     monkeypatch.setattr(roofline, "probe_bandwidth", bw)
     monkeypatch.setattr(roofline, "gemm_frame", gemm)
+    monkeypatch.setattr(roofline, "fma_frame", lambda *a, **k: None)
     roofline.machine(threads=1, mib=256, repeats=15)
     roofline.machine(threads=1, mib=512, repeats=15)
     roofline.machine(threads=1, mib=256, repeats=5)
@@ -167,3 +170,14 @@ def test_probe_bandwidth_runs_every_provider():
 @pytest.mark.slow
 def test_peak_flops_is_positive():
     assert roofline.peak_flops(n=256, threads=1, repeats=3) > 0
+
+
+@pytest.mark.slow
+def test_the_fma_probe_is_the_compute_roof():
+    """The register-blocked FMA loop bounds any GEMM: it is the roof, the GEMM is recorded beside it."""
+    from effnb import probes
+    if probes.cpp_ops() is None:
+        pytest.skip("no C++ stream family: the GEMM stands in for the roof")
+    fma = roofline.fma_frame(threads=1, repeats=3, iters=200_000)
+    gemm = roofline.gemm_frame(256, threads=1, repeats=3)
+    assert float(fma["gflops"].iloc[0]) > 0.8 * float(gemm["gflops"].iloc[0])

@@ -29,13 +29,19 @@
 
 // Exactly one .cpp of each family says which code path the build runs, e.g.
 // EFFNB_ISA_PATH("avx2"). effnb.ext reads it with ctypes (no op, no dispatch):
-// every claim row and benchmark table names it.
+// every claim row and benchmark table names it. The same macro exports the
+// OpenMP thread count: the kernels link the system's libgomp, torch ships its
+// own copy, so torch.set_num_threads does not reach them; effnb.threads sets
+// both (effnb.ext.sync_threads).
 #define EFFNB_ISA_PATH(path_string)                                               \
   extern "C" __attribute__((visibility("default"))) const char* effnb_isa_path() { \
     return path_string;                                                           \
   }                                                                               \
   extern "C" __attribute__((visibility("default"))) int effnb_omp_threads() {     \
     return omp_get_max_threads();                                                 \
+  }                                                                               \
+  extern "C" __attribute__((visibility("default"))) void effnb_set_omp_threads(int n) { \
+    omp_set_num_threads(n);                                                       \
   }
 
 namespace effnb {
