@@ -436,6 +436,8 @@ def test_linear_result_gives_tables_break_even_and_figures(small_llc):
     be = S.break_even_table(res)
     assert list(be["M"]) == [1, 5] and list(be["shape"]) == ["16x24"] * 2
     assert 0 < S.roof_pct(res, "torch dense F.linear", x, LIMITS)
+    assert S.bytes_of(res, "torch dense F.linear", x) == 4 * 16 * 24
+    assert S.bytes_of(res, "effnb CSR", x) < S.bytes_of(res, "scipy CSR", x) < S.bytes_of(res, "torch CSR", x)
     for fig in (S.plot_speedups(res), S.plot_tradeoff(res, _summary())):
         assert fig.get_size_inches()[0] <= 7.5 and "[" in fig._suptitle.get_text()
 
@@ -468,6 +470,9 @@ def test_group_benchmark_and_cnn_latency(small_llc):
     assert set(t["ours"]) == {"effnb dense same-code", "effnb 1x4", "effnb CSR"}
     assert set(t["fastest peer"]) == {"torch dense F.linear"}
     assert list(res.ratio("effnb dense same-code", "effnb dense same-code")) == [1.0, 1.0]
+    flops = {p.key: p.flops(3) for p in res.spec.providers}   # M = 3: every provider counts its own work
+    assert flops["torch dense F.linear"] == flops["effnb dense same-code"] == 2 * 3 * 16 * 24
+    assert max(flops["effnb CSR"], flops["effnb 1x4"]) < flops["effnb dense same-code"]
     net = S.digits_cnn(width=4, seed=0).eval()
     layers = [m for _, m in S.prunable(net)]
     S.apply_masks(layers, S.prune_masks(layers, 0.8))
@@ -477,3 +482,97 @@ def test_group_benchmark_and_cnn_latency(small_llc):
     lat = S.cnn_latency_benchmark(nets, xb, repeats=3).run(progress=False)
     assert lat.keys() == ["torch", "effnb"] and lat.ratio("effnb", "torch").notna().all()
 
+
+
+# ---------------------------------------------------------------- words, power and validity checks
+
+def test_words_follow_the_measurement():
+    W = S.words
+    assert W.speed(2.0) == "2.00x faster than" and W.speed(0.72) == "1.39x slower than"
+    assert W.speed(1.001) == "as fast as" and W.speed(0.999) == "as fast as"
+    assert W.speed_range(1.5, 3.0) == "1.50x to 3.00x faster than"
+    assert W.speed_range(0.25, 0.5) == "2.00x to 4.00x slower than"
+    assert W.speed_range(2.0, 0.5) == "between 2.00x slower and 2.00x faster than"
+    assert W.change(1.934) == "a gain of 1.93 points" and W.change(-0.22) == "a drop of 0.22 points"
+    assert W.change(0.001) == "no change"
+    assert W.break_even(float("nan"), [0.5, 0.9]) == "nowhere up to 90%, the highest measured sparsity"
+    assert W.break_even(0.5, [0.5, 0.9]).startswith("at or below 50%")
+    assert W.break_even(0.7, [0.5, 0.9]) == "at about 70% sparsity"
+    assert W.higher(0.7, 0.5) == "a higher sparsity than" and W.higher(0.5, 0.7) == "a lower sparsity than"
+    assert W.higher(float("nan"), 0.9) == "a higher sparsity than" and W.higher(0.5, 0.5) == "the same sparsity as"
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError):
+            W.speed(bad)
+    with pytest.raises(ValueError):
+        W.change(float("nan"))
+
+
+def test_superiority_power_grows_with_seeds_and_effect():
+    rng = np.random.default_rng(0)
+    d = rng.normal(0.0, 1.0, 40)
+    few, many = S.superiority_power(d[:5], 1.0), S.superiority_power(d, 1.0)
+    assert 0.0 < few < many <= 1.0
+    assert S.superiority_power(d, 0.2) < S.superiority_power(d, 1.0)
+    assert S.superiority_power([1.0, 1.0, 1.0], 1.0) == 1.0
+    with pytest.raises(ValueError):
+        S.superiority_power([1.0], 1.0)
+
+
+def _busy(n: int):
+    """A callable whose time grows with n (pure Python, no allocation)."""
+    return lambda: sum(range(n))
+
+
+def _toy_race(lazy_work, same_work_time):
+    from effnb import perf
+    providers = [perf.Provider("honest", "honest", lambda x: _busy(20000 * x), ours=True,
+                               bytes_moved=lambda x: 1e6 * x),
+                 perf.Provider("lazy", "lazy", lambda x: (lambda: None), bytes_moved=lambda x: lazy_work * x),
+                 perf.Provider("flat", "flat", lambda x: _busy(same_work_time * x), bytes_moved=lambda x: 1e6)]
+    return perf.Benchmark(name="toy", x="x", x_values=[1, 8], providers=providers, baseline="flat",
+                          repeats=3).run(progress=False)
+
+
+def test_measured_the_work_catches_timers_that_did_not_measure_it():
+    limits = {"read_gbps": 10.0, "peak_gflops": 100.0}
+    res = _toy_race(lazy_work=1e6, same_work_time=20000)
+    assert S.measured_the_work(res, [1, 8], limits, keys=["honest"]) == (True, "")
+    ok, why = S.measured_the_work(res, [1, 8], limits, keys=["lazy"])
+    assert not ok and why.startswith("lazy: invalid measurement") and "work^" in why
+    ok, why = S.measured_the_work(res, [1, 8], limits, keys=["flat"])   # same work, 8x the time: rates disagree
+    assert not ok and "flat" in why and "off" in why
+    assert S.measured_the_work(res, [1], limits) == (True, "")          # one point: nothing to compare
+
+
+def test_conv_validity_needs_agreeing_peers_and_no_kernel_above_the_roof():
+    res = S.conv_benchmark([(4, 8, 8), (4, 16, 8)], 0.5, repeats=3).run(progress=False)
+    limits = {"read_gbps": 10.0, "peak_gflops": 1e9}
+    peers = ~res.df["ours"]
+    res.df.loc[peers, "median_s"] = 1e-3                    # torch's dense forms agree exactly
+    assert S.conv_validity(res, 0.5, limits) == (True, "")
+    slow = peers & (res.df["provider"] == "torch matmul")
+    res.df.loc[slow, "median_s"] = 1.0                      # one dense form 1000x off the others
+    ok, why = S.conv_validity(res, 0.5, limits)
+    assert not ok and "torch's dense forms" in why
+    res.df.loc[slow, "median_s"] = 1e-3
+    res.df.loc[res.df["provider"] == "effnb sparse 1x1", "median_s"] = 1e-15   # faster than any machine
+    ok, why = S.conv_validity(res, 0.5, {"read_gbps": 10.0, "peak_gflops": 100.0})
+    assert not ok and "effnb sparse 1x1" in why and "peak" in why
+
+
+def test_decay_brings_the_learning_rate_to_zero():
+    xtr, ytr, _, _ = _tiny_digits(n_train=256)
+    steps = {}
+
+    def last_update(decay):
+        model = S.MaskedMLP([64, 16, 10], [0.0, 0.0], seed=0)
+        snap = []
+
+        def on_step(step, total):
+            if step >= total - 1:
+                snap.append(torch.cat([p.detach().flatten().clone() for p in model.parameters()]))
+        S.train(model, xtr, ytr, epochs=2, seed=0, on_step=on_step, decay=decay)
+        steps[decay] = len(snap)
+        return float((snap[1] - snap[0]).abs().max())
+    assert last_update(True) < 0.05 * last_update(False)
+    assert steps == {True: 2, False: 2}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import perf, roofline
+from .. import bench, perf, roofline
 from .formats import index_bytes, kept, magnitude_mask, sparsify
 from .layers import conv1x1, sparsify_module
 from .ops import backend, matmul
@@ -181,10 +181,11 @@ def group_benchmark(n: int, k: int, ms: list, sparsity: float, *, repeats: int =
 
     def ours(key):
         return perf.Provider(key, key, lambda m: _on_copy(layouts[key], lambda W: matmul(W, get(m).b)),
-                             ours=True, backend=backend(), bytes_moved=lambda m: layouts[key].nbytes)
+                             ours=True, backend=backend(), bytes_moved=lambda m: layouts[key].nbytes,
+                             flops=lambda m: 2 * m * layouts[key].nnz)
     dense = layouts["effnb dense same-code"].to_dense()
     torch_dense = perf.Provider(DENSE, DENSE, lambda m: _on_copy(dense, lambda W: F.linear(get(m).x, W)),
-                                bytes_moved=lambda m: 4 * n * k)
+                                bytes_moved=lambda m: 4 * n * k, flops=lambda m: 2 * m * n * k)
     return perf.Benchmark(name=f"{sparsity:.0%} 1x4 groups vs the same-code dense kernel, {n}x{k}, cold",
                           x="M", x_values=list(ms), providers=[*map(ours, layouts), torch_dense],
                           baseline="effnb dense same-code", cold=True, repeats=repeats)
@@ -254,8 +255,67 @@ def break_even_table(result, of: str = OURS):
     return pd.DataFrame(rows)
 
 
+def bytes_of(result, key: str, x) -> float:
+    """The weight bytes provider ``key`` counts at ``x`` (values, indices, pointers)."""
+    p = next(q for q in result.spec.providers if q.key == key)
+    return float((p.bytes_moved or result.spec.bytes_moved)(x))
+
+
 def roof_pct(result, key: str, x, limits: dict, bandwidth: str = "read_gbps") -> float:
     """% of this machine's limit that provider ``key`` reached at ``x`` (``Result.table`` says it for ours)."""
     p = next(q for q in result.spec.providers if q.key == key)
     count_f, count_b = p.flops or result.spec.flops, p.bytes_moved or result.spec.bytes_moved
     return roofline.bound(count_f(x), count_b(x), result.time(key, x), limits, bandwidth)["pct_of_limit"]
+
+
+# ---------------------------------------------------------------- did the timer measure the work?
+
+def _model_seconds(result, p, x, limits: dict) -> float:
+    """Provider ``p``'s roofline time at ``x``: its bytes over the read bandwidth or its FLOPs over the peak."""
+    count_f, count_b = p.flops or result.spec.flops, p.bytes_moved or result.spec.bytes_moved
+    return max(count_b(x) / (limits["read_gbps"] * 1e9) if count_b else 0.0,
+               count_f(x) / (limits["peak_gflops"] * 1e9) if count_f else 0.0)
+
+
+def measured_the_work(result, xs, limits: dict, keys=None) -> tuple[bool, str]:
+    """Whether each provider's timings over ``xs`` follow its work, taken as its roofline time: where the
+    work spans 2x or more the time must grow with it (:func:`effnb.bench.grows_with_work`), where it
+    hardly changes (dense ``F.linear`` across sparsities) the rates must agree (:func:`effnb.bench.agrees_with`).
+    ``(ok, reason)``, the first failure named, for a claim's ``valid=``."""
+    for p in result.spec.providers:
+        if keys is not None and p.key not in keys:
+            continue
+        mine = [x for x in xs if p.only is None or p.only(x)]
+        if len(mine) < 2:
+            continue
+        work = np.array([_model_seconds(result, p, x, limits) for x in mine])
+        secs = np.array([result.time(p.key, x) for x in mine])
+        if work.max() / work.min() >= 2:
+            ok, why = bench.grows_with_work(secs, work)
+        else:
+            rate = work / secs
+            ok, why = bench.agrees_with(rate.min(), rate.max(), f"{p.label} (same work at every point)")
+        if not ok:
+            return False, f"{p.label}: {why}"
+    return True, ""
+
+
+def conv_validity(result, sparsity: float, limits: dict, slack: float = 1.5) -> tuple[bool, str]:
+    """``(ok, reason)`` for the 1x1 conv race, whose MobileNet shapes do nearly the same work (a growth
+    check has no range to work with): torch's dense forms compute the same GEMM and must agree with each
+    other at every shape (:func:`effnb.bench.agrees_with`), and none of ours may do its useful FLOPs
+    faster than ``slack`` times the machine's measured peak: a kernel that beats the roof was not timed."""
+    peers = [p for p in result.spec.providers if not p.ours]
+    for x in result.spec.x_values:
+        rates = sorted(result.spec.flops(x) / result.time(p.key, x) for p in peers)
+        ok, why = bench.agrees_with(rates[0], rates[-1], f"torch's dense forms of {result.spec.x_label(x)}")
+        if not ok:
+            return False, why
+        for p in result.spec.providers:
+            kept_ = 1.0 if not p.ours or "dense" in p.key else 1.0 - sparsity
+            rate = kept_ * result.spec.flops(x) / result.time(p.key, x) / 1e9
+            if rate > slack * limits["peak_gflops"]:
+                return False, (f"invalid measurement: {p.label} did its useful FLOPs at {rate:.0f} GFLOP/s at "
+                               f"{result.spec.x_label(x)}, above {slack:g}x the measured peak of "
+                               f"{limits['peak_gflops']:.0f}: the timer did not measure the work")
+    return True, ""

@@ -17,6 +17,9 @@ from torch import nn
 
 from .training import accuracy, train
 
+CONFIDENCE = 0.95   # two-sided level of paired_test's interval
+CONVERGED = 0.95    # "converged": reached this fraction of the final accuracy (epochs_to_reach)
+
 
 class MaskedMLP(nn.Module):
     """An MLP whose hidden Linear layers carry fixed-size sparse masks (dense when sparsity is 0)."""
@@ -120,7 +123,7 @@ def _random_nodes(hidden: list, sparsity: float, gen) -> list:
     return out
 
 
-def epochs_to_reach(curve, fraction: float = 0.95) -> int:
+def epochs_to_reach(curve, fraction: float = CONVERGED) -> int:
     """First epoch (1-based) whose accuracy reaches ``fraction`` of the curve's final accuracy."""
     c = np.asarray(curve, float)
     if c.size == 0:
@@ -135,7 +138,7 @@ def random_search_trial(data, *, hidden: list, sparsity: float, candidates: int,
 
     Both final trainings record test accuracy after every epoch (never used to choose anything): ``*_curve``,
     its mean over epochs ``*_auc`` (area under the learning curve / epochs) and ``*_t95``, the epochs
-    to reach 95% of the final accuracy, measure how fast each converges."""
+    to reach ``CONVERGED`` of the final accuracy, measure how fast each converges."""
     xtr, ytr, xte, yte = data
     nval = len(xtr) // 5
     xfit, yfit, xval, yval = xtr[nval:], ytr[nval:], xtr[:nval], ytr[:nval]
@@ -167,7 +170,7 @@ def random_search_trial(data, *, hidden: list, sparsity: float, candidates: int,
 
 
 def paired_test(a, b) -> dict:
-    """Mean of a - b, its 95% interval and the paired t-test and Wilcoxon p-values (scipy.stats)."""
+    """Mean of a - b, its ``CONFIDENCE`` interval and the paired t-test and Wilcoxon p-values (scipy.stats)."""
     from scipy import stats
     a, b = np.asarray(a, float), np.asarray(b, float)
     d = a - b
@@ -175,13 +178,27 @@ def paired_test(a, b) -> dict:
     if n < 2:
         raise ValueError("a paired test needs at least 2 pairs (seeds)")
     mean, sd = float(d.mean()), float(d.std(ddof=1))
-    half = float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)) if sd > 0 else 0.0
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * sd / math.sqrt(n)) if sd > 0 else 0.0
     t_p = float(stats.ttest_rel(a, b).pvalue) if sd > 0 else (1.0 if mean == 0 else 0.0)
     try:
         w_p = float(stats.wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
     except ValueError:
         w_p = float("nan")
     return {"n": n, "mean_diff": mean, "ci_lo": mean - half, "ci_hi": mean + half, "t_p": t_p, "wilcoxon_p": w_p}
+
+
+def superiority_power(differences, effect: float, alpha: float = 0.05) -> float:
+    """Power of the one-sided paired t-test at level ``alpha`` to detect a true mean gain of ``effect``,
+    at the spread the ``differences`` showed (noncentral t): how much a non-significant result says."""
+    from scipy import stats
+    d = np.asarray(differences, float)
+    n, sd = d.size, float(d.std(ddof=1)) if d.size > 1 else 0.0
+    if n < 2:
+        raise ValueError("power needs at least 2 paired differences (seeds)")
+    if sd == 0:
+        return 1.0
+    t = stats.t.ppf(1 - alpha, n - 1)
+    return float(stats.nct.sf(t, n - 1, effect / (sd / math.sqrt(n))))
 
 
 def one_sided_p(a, b) -> float:
