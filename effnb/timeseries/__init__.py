@@ -12,8 +12,9 @@ Modules, by concern: ``inputs`` (checks shared by every transform), ``data``
 LightWaveS-style), ``selection`` (feature and channel selection, the shared
 classifier), ``continual`` (the streaming conv net), ``reference`` (plain
 float64 versions the tests trust), ``peers`` (sktime, torch, backend names),
-``experiments`` (the chapter's races and studies), ``summary`` (the numbers
-and tables it shows) and ``figures``. The names below are the public surface:
+``experiments`` (the chapter's races and studies), ``stalls`` (why a short
+parallel call can wait for a busy core), ``summary`` (the numbers, tables and
+measurement checks it shows) and ``figures``. The names below are the public surface:
 ``from effnb import timeseries as T; T.MiniRocket(...)``.
 """
 from __future__ import annotations
@@ -30,8 +31,10 @@ from .minirocket import (MINI_COMBOS, MINI_LENGTH, MiniRocket, _mini_conv, _mini
 from .peers import ours_backend, sktime_backend, torch_backend, transformers
 from .rocket import ROCKET_LENGTHS, Rocket, SelectedRocket, _normalise, _rocket_kernel, rocket_kernels
 from .selection import classifier, feature_scores, select_channels, select_features
-from .summary import (accuracy_table, quality_numbers, selected_numbers, selected_table, streaming_numbers,
-                      study_numbers, sweep_numbers, sweep_table)
+from .stalls import parallel_stalls
+from .summary import (accuracy_table, both, guard_phrase, paired_points, quality_numbers, selected_numbers,
+                      selected_table, stall_numbers, streaming_check, streaming_numbers, thread_check,
+                      study_numbers, sweep_checks, sweep_numbers, sweep_table)
 from .wavelets import SelectedWaveletRocket, WaveletRocket, haar_dwt, haar_idwt, wavelet_bands
 
 __all__ = ["Rocket", "MiniRocket", "SelectedRocket", "WaveletRocket", "SelectedWaveletRocket", "ContinualTCN",
@@ -42,4 +45,5 @@ __all__ = ["Rocket", "MiniRocket", "SelectedRocket", "WaveletRocket", "SelectedW
            "selection_study", "selection_variants", "throughput_sweep", "compile_times", "streaming_bench",
            "throughput_figure", "streaming_figure",
            "accuracy_table", "quality_numbers", "selected_table", "selected_numbers", "study_numbers",
-           "streaming_numbers", "sweep_numbers", "sweep_table"]
+           "streaming_numbers", "sweep_numbers", "sweep_table", "parallel_stalls", "paired_points", "stall_numbers",
+           "guard_phrase", "streaming_check", "sweep_checks", "thread_check", "both"]

@@ -31,10 +31,7 @@ RACES = {"ROCKET": (("rocket", "ROCKET effnb"), ("rocket_sktime", "ROCKET sktime
 # the selection study's variants: provider key -> label
 VARIANTS = {"all": "all kernels", "selected": "selected", "wavelets": "selected + wavelets",
             "channels": "selected, channels", "wavelets_channels": "selected + wavelets, channels"}
-
-
-def selected_label(keep: float) -> str:
-    return f"ROCKET effnb {100 * keep:g}% selected"
+TWINS = ("selected", "channels")   # the variants the LightWaveS claims rest on: timed on one thread too
 
 
 def quiet(fn):
@@ -46,24 +43,39 @@ def quiet(fn):
     return call
 
 
-def race(family: str, name: str, x: str, x_values, make, *, repeats: int, rounds: int = 1, extra=(),
+def one_thread(transform):
+    """A shallow copy of a fitted transform (ours or sktime's) that runs on one thread."""
+    import copy
+    single = copy.copy(transform)
+    single.n_jobs = 1
+    return single
+
+
+def race(family: str, name: str, x: str, x_values, make, *, repeats: int, rounds: int = 1, twins: bool = False,
          **counts) -> perf.Benchmark:
     """Ours against sktime's twin for ``family`` ('ROCKET' or 'MiniRocket'); sktime is the baseline.
 
-    ``make(label, x)`` returns the no-argument call to time; ``extra`` adds more
-    of our providers (the selected ROCKET); ``counts`` (``flops=``,
+    ``make(label, x)`` returns the no-argument call to time; ``counts`` (``flops=``,
     ``bytes_moved=``) count the work of one call. ``rounds`` > 1 keeps each
     provider's fastest round, for calls short enough that a busy core skews one.
+    ``twins`` adds each side once more on one thread (``make(label, x, single=True)``,
+    keys ``<key>_1t``), interleaved with the rest: ``summary.thread_check`` uses them to
+    tell a parallel call that waited for a core from one that did its work.
     """
     (ours, ours_label), (peer, peer_label) = RACES[family]
-    mine = perf.Provider(ours, ours_label, lambda v: make(ours_label, v), ours=True, backend=peers.ours_backend())
-    theirs = perf.Provider(peer, peer_label, lambda v: make(peer_label, v), backend=peers.sktime_backend())
-    return perf.Benchmark(name=name, x=x, x_values=list(x_values), providers=[mine, *extra, theirs], baseline=peer,
+    sides = [(ours, ours_label, True, peers.ours_backend()), (peer, peer_label, False, peers.sktime_backend())]
+    providers = [perf.Provider(key, label, lambda v, label=label: make(label, v), ours=mine, backend=backend)
+                 for key, label, mine, backend in sides]
+    if twins:
+        providers += [perf.Provider(f"{key}_1t", f"{label}, 1 thread",
+                                    lambda v, label=label: make(label, v, single=True), ours=mine, backend=backend)
+                      for key, label, mine, backend in sides]
+    return perf.Benchmark(name=name, x=x, x_values=list(x_values), providers=providers, baseline=peer,
                           unit="s", repeats=max(3, int(repeats)), rounds=rounds, warmup=1, **counts)
 
 
 def throughput_sweep(sizes, *, vary: str, length: int, n_kernels: int, n_series: int, threads: int,
-                     seed: int = 0, repeats: int = 3, channels: int = 1) -> dict:
+                     seed: int = 0, repeats: int = 3, channels: int = 1, rounds: int = 3) -> dict:
     """Warm transform time of ours and sktime's ROCKET and MiniRocket on random series, by ``length`` or ``kernels``.
 
     Returns {family: perf.Result}. At each size both sides of a race fit on and
@@ -71,6 +83,9 @@ def throughput_sweep(sizes, *, vary: str, length: int, n_kernels: int, n_series:
     median and quartile seconds, ``compile_s`` (the first call, timed apart) and
     GFLOP/s; both sides are credited with the work of ours (ROCKET's
     multiply-adds, MiniRocket's adds and compares), so GFLOP/s ratios are speed ratios.
+    Every side is measured in ``rounds`` interleaved rounds and keeps its
+    fastest: a sub-millisecond parallel call that meets a busy core in one
+    round does not decide its point (``effnb.timeseries.stalls``).
     """
     if vary not in ("length", "kernels"):
         raise ValueError("vary must be 'length' or 'kernels'")
@@ -100,22 +115,21 @@ def throughput_sweep(sizes, *, vary: str, length: int, n_kernels: int, n_series:
     x = "series length" if vary == "length" else "kernels (MiniRocket: features)"
     fixed = f"{n_kernels} kernels" if vary == "length" else f"length {length}"
     return {fam: race(fam, f"{fam} by {vary}, {fixed}, {threads} threads", x, sizes, make, repeats=repeats,
-                      flops=work_of(RACES[fam][0][1]),
+                      rounds=rounds, flops=work_of(RACES[fam][0][1]),
                       bytes_moved=lambda s: 4.0 * n_series * channels * shape(s)[0]).run(progress=False)
             for fam in RACES}
 
 
-def score_dataset(name: str, num_kernels: int, num_features: int, keep: float, threads: int, seed: int):
-    """Accuracy of every method on one dataset's own train/test split, with fit and first-transform seconds.
+def score_dataset(name: str, num_kernels: int, num_features: int, threads: int, seed: int):
+    """Accuracy of ours and sktime's ROCKET and MiniRocket on one dataset's own train/test split.
 
-    Each transform feeds the same StandardScaler + RidgeClassifierCV. The
-    selected subset ranks ROCKET (effnb) training features (``select_features``),
-    keeps ``keep`` of them, refits the ridge on them, and at test time computes
-    only the kernels behind them (``SelectedRocket``). Returns (rows, fitted
-    transforms by method, X_test).
+    Each transform feeds the same StandardScaler + RidgeClassifierCV. Returns
+    (rows with accuracy, fit and first-transform seconds; fitted transforms by
+    method; X_test; {method: per-test-series correctness}), the last for paired
+    comparisons between methods on the same series.
     """
     Xtr, ytr, Xte, yte = load_dataset(name)
-    rows, fitted, train_features = [], {}, {}
+    rows, fitted, hits = [], {}, {}
     for label, tr in peers.transformers(Xtr.shape[1] > 1, num_kernels, num_features, threads, seed).items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -127,56 +141,44 @@ def score_dataset(name: str, num_kernels: int, num_features: int, keep: float, t
             t0 = time.perf_counter()
             Fte = np.asarray(tr.transform(Xte))
             first = time.perf_counter() - t0
-            acc = float(np.mean(head.predict(Fte) == yte))
-        fitted[label], train_features[label] = tr, Ftr
-        rows.append({"dataset": name, "method": label, "features": Ftr.shape[1], "accuracy": acc,
+            hits[label] = head.predict(Fte) == yte
+        fitted[label] = tr
+        rows.append({"dataset": name, "method": label, "features": Ftr.shape[1], "accuracy": float(hits[label].mean()),
                      "fit_s": fit_s, "first_transform_s": first, "test_series": len(Xte)})
-    Ftr = train_features["ROCKET effnb"]
-    idx = select_features(Ftr, ytr, keep=keep)
-    sel = SelectedRocket(fitted["ROCKET effnb"], idx, n_jobs=threads).fit()
-    head = classifier("passthrough").fit(Ftr[:, idx], ytr)
-    t0 = time.perf_counter()
-    Fte = sel.transform(Xte)
-    first = time.perf_counter() - t0
-    fitted[selected_label(keep)] = sel
-    rows.append({"dataset": name, "method": selected_label(keep), "features": len(idx),
-                 "kernels": len(sel.kernel_ids_), "accuracy": float(np.mean(head.predict(Fte) == yte)),
-                 "fit_s": np.nan, "first_transform_s": first, "test_series": len(Xte)})
-    return rows, fitted, Xte
+    return rows, fitted, Xte, hits
 
 
-def compare_datasets(names, num_kernels: int, num_features: int, keep: float, threads: int, seed: int,
-                     repeats: int = 3):
+def compare_datasets(names, num_kernels: int, num_features: int, threads: int, seed: int, repeats: int = 3):
     """Accuracy (``score_dataset``) and warm test-set transform time of every method on each dataset.
 
-    Returns (quality frame, {family: perf.Result}). The races (x = dataset) time
-    the transforms the accuracy pass fitted, ours against sktime's twin, the
-    selected ROCKET beside our full one; ``transform_s`` is the race's median
-    (the faster of two rounds: test-set calls take milliseconds).
+    Returns (quality frame, {family: perf.Result}, {(dataset, method):
+    per-series correctness}). The races (x = dataset) time the transforms the
+    accuracy pass fitted, ours against sktime's twin (MiniRocket's with
+    one-thread twins of both sides); ``transform_s`` is the race's median (the
+    faster of two rounds: test-set calls take milliseconds).
     """
     import pandas as pd
     names = list(names)
-    rows, fitted, tests = [], {}, {}
+    rows, fitted, tests, hits = [], {}, {}, {}
     for name in names:
-        found, fitted[name], tests[name] = score_dataset(name, num_kernels, num_features, keep, threads, seed)
+        found, fitted[name], tests[name], correct = score_dataset(name, num_kernels, num_features, threads, seed)
         rows += found
+        hits.update({(name, label): c for label, c in correct.items()})
 
-    def make(label, name):
+    def make(label, name, single=False):
         tr, X = fitted[name][label], tests[name]
+        tr = one_thread(tr) if single else tr
         return quiet(lambda: tr.transform(X))
 
-    sel = selected_label(keep)
-    selected = perf.Provider("rocket_selected", sel, lambda name: make(sel, name), ours=True,
-                             backend=peers.ours_backend())
+    # MiniRocket's test-set calls take milliseconds: its race carries one-thread twins (summary.thread_check)
     races = {fam: race(fam, f"{fam}: test-set transform, {threads} threads", "dataset", names, make, repeats=repeats,
-                       rounds=2, extra=[selected] if fam == "ROCKET" else []).run(progress=False) for fam in RACES}
+                       rounds=2, twins=fam == "MiniRocket" and threads > 1).run(progress=False) for fam in RACES}
     where = {label: (fam, key) for fam, pair in RACES.items() for key, label in pair}
-    where[sel] = ("ROCKET", "rocket_selected")
     quality = pd.DataFrame(rows)
     quality["transform_s"] = [races[where[m][0]].time(where[m][1], d) for d, m in zip(quality["dataset"],
                                                                                        quality["method"])]
     quality["series_per_s"] = quality["test_series"] / quality["transform_s"]
-    return quality, races
+    return quality, races, hits
 
 
 def selection_variants(name: str, num_kernels: int, keep: float, keep_channels: float, levels: int,
@@ -189,7 +191,8 @@ def selection_variants(name: str, num_kernels: int, keep: float, keep_channels: 
     channel selection (``select_channels``, ``keep_channels`` of the channels).
     Every variant keeps the same number of features and feeds the same
     StandardScaler + RidgeClassifierCV, refitted on its kept training columns.
-    Returns (rows, fitted transforms by variant key, X_test).
+    Returns (rows, fitted transforms by variant key, X_test, {variant key:
+    per-test-series correctness}).
     """
     Xtr, ytr, Xte, yte = load_dataset(name)
     w = WaveletRocket(num_kernels, levels=levels, random_state=seed, n_jobs=threads).fit(Xtr)
@@ -206,7 +209,7 @@ def selection_variants(name: str, num_kernels: int, keep: float, keep_channels: 
         ch_w, ok_w = select_channels(w, scores, keep_channels)
         variants["channels"] = (select_features(Ftr[:, :nraw], ytr, n_keep=n_keep, allowed=ok_raw), ch_raw, False)
         variants["wavelets_channels"] = (select_features(Ftr, ytr, n_keep=n_keep, allowed=ok_w), ch_w, True)
-    rows, fitted = [], {}
+    rows, fitted, hits = [], {}, {}
     for key, spec in variants.items():
         if spec is None:
             tr, cols, n_k, n_ch = raw, np.arange(nraw), raw.num_kernels, Xtr.shape[1]
@@ -217,39 +220,49 @@ def selection_variants(name: str, num_kernels: int, keep: float, keep_channels: 
             n_k = tr.n_kernels_ if wav else len(tr.kernel_ids_)
             n_ch = Xtr.shape[1] if chans is None else len(chans)
         head = classifier("passthrough").fit(Ftr[:, cols], ytr)
-        fitted[key] = tr
+        fitted[key], hits[key] = tr, head.predict(tr.transform(Xte)) == yte
         wav_feats = int(np.sum(cols >= nraw)) if spec is not None and spec[2] else 0
         rows.append({"dataset": name, "variant": VARIANTS[key], "features": len(cols), "wavelet features": wav_feats,
-                     "kernels": n_k, "channels": n_ch,
-                     "accuracy": float(np.mean(head.predict(tr.transform(Xte)) == yte))})
-    return rows, fitted, Xte
+                     "kernels": n_k, "channels": n_ch, "input channels": Xtr.shape[1],
+                     "accuracy": float(hits[key].mean())})
+    return rows, fitted, Xte, hits
 
 
 def selection_study(names, num_kernels: int, keep: float, keep_channels: float, levels: int, threads: int,
                     seed: int, repeats: int = 7):
     """Accuracy (``selection_variants``) and warm test-set transform time of every variant on each dataset.
 
-    Returns (study frame, perf.Result). The race (x = dataset, every variant
-    ours, the baseline all kernels) times the fitted variants; ``transform_s``
-    is its median (the faster of two rounds), ``speedup`` all kernels' time
-    over the variant's.
+    Returns (study frame, perf.Result, {(dataset, variant key): per-series
+    correctness}). One race (x = dataset, every variant ours, the baseline all
+    kernels) times the fitted variants, all under the same rule (the same
+    repeats, the faster of two interleaved rounds): ``transform_s`` is its
+    median, ``speedup`` all kernels' time over the variant's. With ``threads``
+    > 1 the variants the claims rest on (``TWINS``) also run on one thread
+    (keys ``<key>_1t``), for ``summary.thread_check``.
     """
     import pandas as pd
     names = list(names)
-    rows, fitted, tests = [], {}, {}
+    rows, fitted, tests, hits = [], {}, {}, {}
     for name in names:
-        found, fitted[name], tests[name] = selection_variants(name, num_kernels, keep, keep_channels, levels,
-                                                              threads, seed)
+        found, fitted[name], tests[name], correct = selection_variants(name, num_kernels, keep, keep_channels,
+                                                                       levels, threads, seed)
         rows += found
+        hits.update({(name, key): c for key, c in correct.items()})
 
-    def make(key):
+    def make(key, single=False):
         def build(name):
             tr, X = fitted[name][key], tests[name]
+            tr = one_thread(tr) if single else tr
             return lambda: tr.transform(X)
         return build
 
-    providers = [perf.Provider(key, label, make(key), ours=True, backend=peers.ours_backend(),
+    ours = peers.ours_backend()
+    providers = [perf.Provider(key, label, make(key), ours=True, backend=ours,
                                only=lambda name, key=key: key in fitted[name]) for key, label in VARIANTS.items()]
+    if threads > 1:   # the claims' selected calls take milliseconds: one-thread twins (summary.thread_check)
+        providers += [perf.Provider(f"{key}_1t", f"{VARIANTS[key]}, 1 thread", make(key, single=True), ours=True,
+                                    backend=ours, only=lambda name, key=key: key in fitted[name])
+                      for key in TWINS]
     res = perf.Benchmark(name=f"selection variants: test-set transform, {threads} threads", x="dataset",
                          x_values=names, providers=providers, baseline="all", unit="s",
                          repeats=max(3, int(repeats)), rounds=2, warmup=1).run(progress=False)
@@ -258,7 +271,7 @@ def selection_study(names, num_kernels: int, keep: float, keep_channels: float, 
     pairs = list(zip(study["dataset"], study["variant"].map(key_of)))
     study["transform_s"] = [res.time(key, d) for d, key in pairs]
     study["speedup"] = [float(res.ratio(key, "all")[d]) for d, key in pairs]
-    return study, res
+    return study, res, hits
 
 
 def compile_times(threads: int = 1) -> dict:

@@ -152,7 +152,7 @@ class MiniRocket(TransformerMixin, BaseEstimator):
     """MiniRocket transform: 84 fixed kernels x dilations x biases -> PPV features.
 
     Biases are quantiles of one random training series' convolution output per
-    (dilation, kernel). Multivariate series: each (dilation, kernel) sums a
+    (dilation, kernel) (``bias_series_`` says which series). Multivariate series: each (dilation, kernel) sums a
     random subset of channels. ``num_features`` is rounded down to a multiple of 84.
     """
 
@@ -180,15 +180,18 @@ class MiniRocket(TransformerMixin, BaseEstimator):
         n_features = int(nfpd.sum()) * len(MINI_COMBOS)
         q = golden_quantiles(n_features)
         biases = np.empty(n_features, dtype=np.float32)
+        series = np.empty(n_pairs, dtype=np.int64)     # the training series each (dilation, kernel)'s biases come from
         f = 0
         for di, d in enumerate(dils):
             for k in range(len(MINI_COMBOS)):
                 pair = di * len(MINI_COMBOS) + k
-                c = _mini_conv_one(X[rng.integers(n)], int(d), k, chans, c_off[pair], nchs[pair])
+                series[pair] = rng.integers(n)
+                c = _mini_conv_one(X[series[pair]], int(d), k, chans, c_off[pair], nchs[pair])
                 biases[f:f + nfpd[di]] = np.quantile(c, q[f:f + nfpd[di]])
                 f += nfpd[di]
         self.input_shape_ = X.shape[1:]
         self.dilations_, self.features_per_dilation_, self.biases_ = dils, nfpd, biases
+        self.bias_series_ = series
         self.nchs_, self.c_off_, self.chans_ = nchs, c_off, chans
         self.n_features_out_ = n_features
         return self

@@ -66,6 +66,35 @@ def minirocket_features(X: np.ndarray, est) -> np.ndarray:
     return np.array(rows)
 
 
+def minirocket_biases(X: np.ndarray, est) -> np.ndarray:
+    """A fitted MiniRocket's biases recomputed: for each (dilation, kernel), the golden-ratio quantiles
+    (frac(i * phi), i = 1, 2, ...) of its padded output on the training series ``est.bias_series_`` names."""
+    X = np.asarray(X, np.float64)
+    phi = (1 + 5 ** 0.5) / 2
+    out, f = [], 0
+    for di, d in enumerate(est.dilations_):
+        for k in range(len(MINI_COMBOS)):
+            pair = di * len(MINI_COMBOS) + k
+            chans = est.chans_[est.c_off_[pair]: est.c_off_[pair] + est.nchs_[pair]]
+            x = X[est.bias_series_[pair]]
+            c = sum(conv_dilated(x[ch], mini_kernel_weights(k), int(d), 4 * int(d)) for ch in chans)
+            for _ in range(est.features_per_dilation_[di]):
+                f += 1
+                out.append(np.quantile(c, (f * phi) % 1))
+    return np.array(out)
+
+
+def minirocket_positions(est, length: int) -> np.ndarray:
+    """How many output positions each MiniRocket feature's PPV counts: ``length``, or ``length - 8d`` for
+    the kernels that skip the padded ends (every other kernel)."""
+    out = []
+    for di, d in enumerate(est.dilations_):
+        for k in range(len(MINI_COMBOS)):
+            n = length - 8 * int(d) if (di + k) % 2 == 1 else length
+            out += [n] * int(est.features_per_dilation_[di])
+    return np.array(out)
+
+
 def tcn_offline(x: np.ndarray, W: np.ndarray, B: np.ndarray, dils) -> np.ndarray:
     """Causal dilated conv net, layer by layer, with explicit left zero padding (ReLU between layers)."""
     h = np.asarray(x, np.float64)

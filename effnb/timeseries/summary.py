@@ -7,11 +7,19 @@ from __future__ import annotations
 
 from effnb import roofline
 
-from .experiments import RACES, VARIANTS, selected_label
+from .experiments import RACES, VARIANTS
 
 
 def _mean_or_nan(s) -> float:
     return float(s.mean()) if len(s.dropna()) else float("nan")
+
+
+def _min_or_nan(s) -> float:
+    return float(s.min()) if len(s.dropna()) else float("nan")
+
+
+def _max_or_nan(s) -> float:
+    return float(s.max()) if len(s.dropna()) else float("nan")
 
 
 def _speedups(results: list, family: str):
@@ -33,10 +41,139 @@ def sweep_numbers(sweeps: dict, limits: dict) -> dict:
     top = ours.loc[ours["gflops"].idxmax()]
     t = float(top["median_s"])
     b = roofline.bound(float(top["gflops"]) * 1e9 * t, float(top["gbps"]) * 1e9 * t, t, limits)
-    return {"rocket_speedup": float(r.median()), "rocket_speedup_min": float(r.min()),
+    (ours_m, _), (peer_m, _) = RACES["MiniRocket"]
+    points = {f"{vary} {x}": float(v) for vary, races in sweeps.items()
+              for x, v in races["MiniRocket"].ratio(ours_m, peer_m).items()}
+    mini_vs = ("smaller than ROCKET's, as the algorithm leads one to expect" if m.median() < r.median() else
+               "larger than ROCKET's in this run, although the algorithm leaves less to win")
+    return {"mini_worst_at": min(points, key=points.get), "mini_vs_rocket": mini_vs,
+            "rocket_short": _short_series_phrase(sweeps),
+            "rocket_speedup": float(r.median()), "rocket_speedup_min": float(r.min()),
             "mini_speedup": float(m.median()), "mini_speedup_min": float(m.min()),
             "rocket_gflops": b["gflops"], "rocket_pct_peak": b["pct_of_limit"],
             "rocket_sk_gflops": float(sk["gflops"].max()), "compile_sk_rocket": float(sk["compile_s"].max())}
+
+
+def _short_series_phrase(sweeps: dict) -> str:
+    """Whether ROCKET's speed-up over sktime shrank from the longest series of the length sweep to the shortest."""
+    if "length" not in sweeps:
+        return "this run has no length sweep to tell whether ROCKET's margin shrinks on short series"
+    (ours, _), (peer, _) = RACES["ROCKET"]
+    res = sweeps["length"]["ROCKET"]
+    ratio = res.ratio(ours, peer)
+    short, long_ = str(min(res.spec.x_values)), str(max(res.spec.x_values))
+    a, b = float(ratio[short]), float(ratio[long_])
+    if a < b:
+        return (f"ROCKET's margin, too, shrinks on short series ({a:.1f}x at length {short} against {b:.1f}x at "
+                f"{long_}): at a few dozen points a kernel's output is a handful of vectors long and the fixed cost "
+                f"per kernel, not the arithmetic, sets the time")
+    return (f"ROCKET's margin did not shrink on short series in this run ({a:.1f}x at length {short} against "
+            f"{b:.1f}x at {long_}), although at a few dozen points the fixed cost per kernel weighs more")
+
+
+def _work(res, key):
+    """(label, seconds, work, x) of provider ``key`` along a race: the work each call was credited with."""
+    g = res.df[res.df["provider"] == key]
+    return g["label"].iloc[0], g["median_s"].to_numpy(), (g["gflops"] * 1e9 * g["median_s"]).to_numpy(), list(g["x"])
+
+
+def sweep_checks(sweeps: dict) -> dict:
+    """Per family, (ok, reason) for ``claims.check(valid=...)``: along every sweep, each side's time grows with
+    its work (``bench.grows_with_work``), and where two sweeps measured the same call (same length and kernel
+    count, hence the same work), the two timings agree (``bench.agrees_with``)."""
+    from effnb import bench
+    out = {}
+    for fam in RACES:
+        broken, seen = [], {}
+        for vary, races in sweeps.items():
+            res = races[fam]
+            for key in res.keys():
+                label, t, w, xs = _work(res, key)
+                if len(t) >= 2 and w.max() >= 2 * w.min():
+                    ok, why = bench.grows_with_work(t, w)
+                    if not ok:
+                        broken.append(f"{label} by {vary}: {why}")
+                for ti, wi, x in zip(t, w, xs):
+                    twin = seen.get((key, float(f"{wi:.9g}")))
+                    if twin is not None:
+                        ok, why = bench.agrees_with(1 / ti, 1 / twin[0], f"{label} calls/s")
+                        if not ok:
+                            broken.append(f"{why} ({vary} {x} against {twin[1]})")
+                    seen[key, float(f"{wi:.9g}")] = (ti, f"{vary} {x}")
+        out[fam] = (not broken, "; ".join(broken))
+    return out
+
+
+def guard_phrase(checks: dict) -> str:
+    """Which way the measurement checks went, for the prose: {name: (ok, reason)} -> one clause."""
+    failed = [name for name, (ok, _) in checks.items() if not ok]
+    if not failed:
+        return "in this run every series passed both checks, so the sweep measured the transforms' work"
+    return (f"in this run the {' and '.join(failed)} sweep{'s' if len(failed) > 1 else ''} failed them, so "
+            f"{'their' if len(failed) > 1 else 'its'} throughput rows in the ledger below say invalid measurement")
+
+
+def streaming_check(frame) -> tuple:
+    """(ok, reason): the recompute baseline's time per step must grow with the window (its work grows as W)."""
+    from effnb import bench
+    if len(frame) < 2:
+        return True, ""
+    return bench.grows_with_work(frame["windowed_best_s"], frame["macs_windowed"])
+
+
+def thread_check(res, keys, datasets, threads: int, factor: float = 1.5) -> tuple:
+    """(ok, reason) for a figure resting on the parallel calls ``keys`` of race ``res`` at ``datasets``: each
+    ran once more on one thread, interleaved (key ``<key>_1t``); a ``threads``-thread call that took more than
+    ``factor`` times its one-thread twin did not measure its work but a wait for a core (``stalls``)."""
+    if int(threads) <= 1:
+        return True, ""
+    slow = []
+    for key in keys:
+        par, one = res.time(key), res.time(f"{key}_1t")
+        for d in datasets:
+            if str(d) in par.index and par[str(d)] > factor * one[str(d)]:
+                label = res.df.loc[res.df["provider"] == key, "label"].iloc[0]
+                slow.append(f"{label} on {d}: {1e3 * par[str(d)]:.2f} ms with {int(threads)} threads, "
+                            f"{par[str(d)] / one[str(d)]:.1f} times its one-thread time")
+    if slow:
+        return False, ("invalid measurement: " + "; ".join(slow) + ": the parallel timing waited for a core "
+                       "(see the stall probe), not for the work")
+    return True, ""
+
+
+def both(*checks) -> tuple:
+    """All of several (ok, reason) checks: ok only if every one is, with the failing reasons joined."""
+    failed = [why for ok, why in checks if not ok]
+    return not failed, "; ".join(failed)
+
+
+def stall_numbers(frame, threads: int) -> dict:
+    """The stall probe (``stalls.parallel_stalls``) for the prose: per load ("as found" as ``stall_*``, a core
+    kept busy as ``busy_*``) the shares of stalled calls in %, the empty region's median and slowest call,
+    and phrases saying which way this run went."""
+    from .stalls import STALL_S
+    n, out = int(threads), {"stall_ms": 1e3 * STALL_S}
+    for load, tag in (("as found", "stall"), ("one core kept busy", "busy")):
+        row = {(r.side, r.threads): r for r in frame[frame["load"] == load].itertuples()}
+        ours, sk, empty = row["MiniRocket effnb", n], row["MiniRocket sktime", n], row["empty parallel region", n]
+        one = row["MiniRocket effnb", 1]
+        out.update({f"{tag}_ours_pct": 100 * ours.stalled, f"{tag}_sk_pct": 100 * sk.stalled,
+                    f"{tag}_ours1_pct": 100 * one.stalled, f"{tag}_empty_pct": 100 * empty.stalled,
+                    f"{tag}_empty_ms": empty.median_ms, f"{tag}_empty_worst_ms": empty.slowest_ms,
+                    f"{tag}_ours1_fastest_ms": one.fastest_ms, f"{tag}_ours_median_ms": ours.median_ms})
+    if n == 1:
+        out["stall_phrase"] = "with one thread there is no parallel region to wait for, and no stall of this kind"
+        out["stall_cause"] = "a single-threaded run cannot show it; rerun with more threads"
+        return out
+    out["stall_phrase"] = ("the machine was busy while the probe ran, and parallel regions waited for a core"
+                           if out["stall_empty_pct"] >= 10 else
+                           "the machine was quiet while the probe ran, and parallel regions rarely waited (the "
+                           "sweep above may still have met a busy spell: its checks say whether it did)")
+    out["stall_cause"] = ("with a core taken, the empty region waited as the transforms did"
+                          if out["busy_empty_pct"] >= 10 else
+                          "in this run even a core kept busy did not make the empty region wait (more cores "
+                          "than threads, perhaps), so the wait could not be shown here")
+    return out
 
 
 def sweep_table(sweeps: dict, limits: dict):
@@ -72,24 +209,59 @@ def quality_numbers(quality, races: dict) -> dict:
             "mini_ds_speedup_min": float(m.min()), "mini_ds_speedup_max": float(m.max())}
 
 
-def selected_table(quality, races: dict, keep: float):
-    """Per dataset: kernels the selected ROCKET computes, its speed-up over our full ROCKET, its accuracy cost."""
+def selected_table(study):
+    """Per dataset of the selection study: its channels, the kernels the selected ROCKET computes, and the
+    speed-up over all kernels and accuracy drop (points) of the selection, with and without channel selection."""
     import pandas as pd
-    sel = selected_label(keep)
-    acc = accuracy_table(quality)
-    kernels = quality[quality["method"] == sel].set_index("dataset")["kernels"]
-    return pd.DataFrame({"kernels computed": kernels,
-                         "inference speed-up (transform)": races["ROCKET"].ratio("rocket_selected", "rocket"),
-                         "accuracy drop (points)": 100 * (acc["ROCKET effnb"] - acc[sel])}).rename_axis("dataset")
+    v = study.pivot_table(index="dataset", columns="variant", values=["accuracy", "speedup", "kernels"], sort=False)
+    sel, chan, full = VARIANTS["selected"], VARIANTS["channels"], VARIANTS["all"]
+    acc = 100 * v["accuracy"]
+    out = pd.DataFrame({"channels": study.groupby("dataset", sort=False)["input channels"].first(),
+                        "kernels computed": v["kernels"][sel],
+                        "speed-up, selected": v["speedup"][sel],
+                        "accuracy drop, selected": acc[full] - acc[sel]})
+    if chan in v["speedup"]:
+        out["speed-up, + channel selection"] = v["speedup"][chan]
+        out["accuracy drop, + channel selection"] = acc[full] - acc[chan]
+    else:
+        out["speed-up, + channel selection"] = out["accuracy drop, + channel selection"] = float("nan")
+    return out.rename_axis("dataset")
 
 
 def selected_numbers(table, num_kernels: int) -> dict:
-    """Range and mean of the selected ROCKET's speed-up, its mean accuracy drop and the share of kernels kept."""
-    speed = table["inference speed-up (transform)"]
-    return {"sel_speedup_min": float(speed.min()), "sel_speedup_max": float(speed.max()),
-            "sel_speedup_mean": float(speed.mean()),
-            "sel_acc_drop_mean": float(table["accuracy drop (points)"].mean()),
-            "sel_kernel_pct": float(100 * table["kernels computed"].mean() / num_kernels)}
+    """The selection's speed-up range and mean accuracy drop on the multivariate sets (with and without channel
+    selection), the share of kernels it computes there, and a phrase for the univariate sets (a separate row)."""
+    multi, uni = table[table["channels"] > 1], table[table["channels"] == 1]
+    speed, chan = multi["speed-up, selected"], multi["speed-up, + channel selection"]
+    out = {"sel_n_multi": float(len(multi)),
+           "sel_speedup_min": _min_or_nan(speed), "sel_speedup_max": _max_or_nan(speed),
+           "sel_chan_speedup_min": _min_or_nan(chan), "sel_chan_speedup_max": _max_or_nan(chan),
+           "sel_acc_drop_mean": _mean_or_nan(multi["accuracy drop, selected"]),
+           "sel_chan_acc_drop_mean": _mean_or_nan(multi["accuracy drop, + channel selection"]),
+           "sel_kernel_pct": _mean_or_nan(100 * multi["kernels computed"] / num_kernels)}
+    ratio = float(num_kernels / multi["kernels computed"].mean()) if len(multi) else float("nan")
+    out["sel_vs_kernels"] = (
+        f"less than the ratio of kernels (about {ratio:.0f}x), since a call has fixed costs (checking and "
+        f"normalising the series, starting the threads) that feature selection does not shrink"
+        if out["sel_speedup_max"] < ratio else
+        f"more than the ratio of kernels (about {ratio:.0f}x): the kept kernels cost less than the average "
+        f"kernel (fewer taps, channels or output points)")
+    s = uni["speed-up, selected"]
+    out["sel_uni_speedup_min"], out["sel_uni_speedup_max"] = _min_or_nan(s), _max_or_nan(s)
+    out["sel_uni_acc_drop_mean"] = _mean_or_nan(uni["accuracy drop, selected"])
+    span = f"{s.min():.1f}x" if len(s) == 1 else f"{s.min():.1f}x to {s.max():.1f}x"
+    out["sel_univariate"] = ("no univariate set was in this run's selection study" if s.empty else
+                             f"on the univariate set{'s' if len(s) > 1 else ''} of this run "
+                             f"({', '.join(uni.index)}) the same selection ran {span} faster than all kernels, "
+                             f"at a mean accuracy drop of {uni['accuracy drop, selected'].mean():.1f} points")
+    return out
+
+
+def paired_points(hits: dict, of: str, over: str, datasets) -> "np.ndarray":
+    """Per test series of ``datasets`` (pooled): correct with ``of`` minus correct with ``over``, in accuracy
+    points (+100, 0 or -100); their mean is the accuracy difference, their spread what an equivalence test needs."""
+    import numpy as np
+    return np.concatenate([100.0 * (hits[d, of].astype(float) - hits[d, over].astype(float)) for d in datasets])
 
 
 def study_numbers(study) -> dict:
@@ -108,6 +280,9 @@ def study_numbers(study) -> dict:
     out["study_chan_speedup"] = _mean_or_nan(speed[chan]) if multi else float("nan")
     out["study_chan_sel_speedup"] = (_mean_or_nan(speed[VARIANTS["selected"]][speed[chan].notna()]) if multi
                                      else float("nan"))
+    out["study_wav_vs_raw"] = ("the wavelet selection was the slower of the two"
+                               if out["study_wav_speedup"] <= out["study_sel_speedup"]
+                               else "the wavelet selection was the faster of the two here")
     return out
 
 
