@@ -118,4 +118,11 @@ def mape(predicted, measured) -> float:
     return float(100.0 * np.mean(np.abs(pr - me) / me))
 
 
-__all__ = ["length_grid", "measure_generation", "RuntimeModel", "fit_runtime", "mape"]
+def fit_finding(mape_heldout: float, prompt_per_output: float, target_pct: float = 10.0) -> str:
+    """The fit in one sentence: held-out MAPE against the target, and what a decode token costs."""
+    side = "within" if mape_heldout <= target_pct else "outside"
+    return (f"predicts the latency of held-out lengths with a MAPE of {mape_heldout:.1f}%, {side} the "
+            f"{target_pct:g}% target, with a decode token costing as much as {prompt_per_output:.0f} prompt tokens")
+
+
+__all__ = ["length_grid", "measure_generation", "RuntimeModel", "fit_runtime", "mape", "fit_finding"]

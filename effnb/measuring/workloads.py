@@ -136,34 +136,50 @@ def suite(*, gemm_sizes: Sequence[int] = (), gemv_sizes: Sequence[int] = (), con
 
 
 def measure_workloads(workloads: Sequence[Workload], limits: dict, *, repeats: int = 5, warmup: int = 2,
-                      progress: bool = False):
+                      rounds: int = 1, progress: bool = False):
     """Time every workload (effnb.bench) and place it against the machine's limits.
 
-    Returns one row per workload: the bench columns (median and interquartile
-    band) plus flops, bytes, intensity, the backend that ran it, and from
-    :func:`effnb.roofline.bound` the binding limit and the percentage of it
-    achieved. Not a :class:`effnb.perf.Benchmark`: the workloads are different
-    kernels at one size each, with no contenders to race and no baseline.
+    ``rounds`` interleaved sweeps over all workloads; each keeps its fastest
+    round (load from other processes only ever slows a round, and a burst of
+    it then hits different workloads in different rounds, not one workload's
+    every sample). Returns one row per workload: the bench columns (median and
+    interquartile band) plus flops, bytes, intensity, the backend that ran it,
+    rounds, and from :func:`effnb.roofline.bound` the binding limit and the
+    percentage of it achieved (:func:`place`). Not a :class:`effnb.perf.Benchmark`:
+    the workloads are different kernels at one size each, with no contenders to race.
     """
     import pandas as pd
 
     if not workloads:
         raise ValueError("no workloads to measure: pass at least one size")
+    positive_ints(rounds=rounds)
     _quiet_tqdm()
     backend = torch_backend()
     frames = []
-    for w in workloads:
-        df = bench.bench({w.family: (lambda _s, w=w: w.make())}, [w.size],
-                         flops=lambda _s, w=w: w.flops, bytes_moved=lambda _s, w=w: w.bytes,
-                         cold=w.cold, repeats=repeats, warmup=warmup, progress=progress, desc=w.family)
-        df = df.rename(columns={"provider": "family"})
-        df["name"] = f"{w.family} {w.size}"
-        df["flops"], df["bytes"], df["intensity"] = w.flops, w.bytes, w.intensity
-        df["backend"] = backend
-        b = roofline.bound(w.flops, w.bytes, float(df["median_s"].iloc[0]), limits)
-        df["binding"], df["pct_of_limit"] = b["binding"], float(b["pct_of_limit"])
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
+    for r in range(rounds):
+        for w in workloads:
+            df = bench.bench({w.family: (lambda _s, w=w: w.make())}, [w.size],
+                             flops=lambda _s, w=w: w.flops, bytes_moved=lambda _s, w=w: w.bytes,
+                             cold=w.cold, repeats=repeats, warmup=warmup, progress=progress, desc=w.family)
+            df = df.rename(columns={"provider": "family"})
+            df["name"] = f"{w.family} {w.size}"
+            df["flops"], df["bytes"], df["intensity"] = w.flops, w.bytes, w.intensity
+            df["backend"], df["round"] = backend, r
+            frames.append(df)
+    every = pd.concat(frames, ignore_index=True)
+    best = every.loc[every.groupby("name", sort=False)["median_s"].idxmin()].reset_index(drop=True)
+    best["rounds"] = rounds
+    return place(best, limits)
+
+
+def place(measured, limits: dict):
+    """(Re)compute each row's binding roof and % of it (:func:`effnb.roofline.bound`) under ``limits``."""
+    out = measured.copy()
+    bounds = [roofline.bound(float(r["flops"]), float(r["bytes"]), float(r["median_s"]), limits)
+              for _, r in out.iterrows()]
+    out["binding"] = [b["binding"] for b in bounds]
+    out["pct_of_limit"] = [float(b["pct_of_limit"]) for b in bounds]
+    return out
 
 
 def conv_benchmark(channels: Sequence[int], hw: int, batch: int = 1, *, rounds: int = 5,
@@ -201,20 +217,25 @@ def conv_pairs(channels: Sequence[int], hw: int, batch: int = 1, *, rounds: int 
     and their ratio, the depthwise layer's computational efficiency relative
     to the dense one, is not skewed by load that came and went between them.
     Returns one row per (shape, round): size, round, conv1x1_gflops,
-    dwconv3x3_gflops, fraction, backend.
+    dwconv3x3_gflops, fraction, conv1x1_s, dwconv3x3_s (median seconds per
+    call), conv1x1_flops, backend.
     """
     import pandas as pd
 
     spec = conv_benchmark(channels, hw, batch, rounds=rounds, repeats=repeats)
     _quiet_tqdm()
     every = spec.run(progress=False).rounds
+    by_label = {spec.x_label(c): c for c in spec.x_values}
     rows = []
     for size in every["x"].unique():
         for r in range(rounds):
             at = every[(every["x"] == size) & (every["round"] == r)].set_index("provider")
             gd, gw = float(at.loc["conv1x1", "gflops"]), float(at.loc["dwconv3x3", "gflops"])
+            c = by_label[size]
             rows.append({"size": size, "round": r, "conv1x1_gflops": gd, "dwconv3x3_gflops": gw,
-                         "fraction": gw / gd, "backend": spec.providers[1].backend})
+                         "fraction": gw / gd, "conv1x1_s": float(at.loc["conv1x1", "median_s"]),
+                         "dwconv3x3_s": float(at.loc["dwconv3x3", "median_s"]),
+                         "conv1x1_flops": spec.providers[0].flops(c), "backend": spec.providers[1].backend})
     return pd.DataFrame(rows)
 
 
@@ -224,11 +245,13 @@ def depthwise_fraction(pairs):
     if not need <= set(pairs.columns):
         raise ValueError(f"expected the frame from conv_pairs() with columns {sorted(need)}")
     by_shape = pairs.groupby("size", sort=False)
-    out = by_shape[["conv1x1_gflops", "dwconv3x3_gflops", "fraction"]].median()
+    cols = [c for c in ("conv1x1_gflops", "dwconv3x3_gflops", "fraction", "conv1x1_s", "dwconv3x3_s",
+                        "conv1x1_flops") if c in pairs]
+    out = by_shape[cols].median()
     if "backend" in pairs:
         out["backend"] = by_shape["backend"].first()
     return out
 
 
-__all__ = ["Workload", "torch_backend", "gemm", "gemv", "conv", "triad", "suite", "measure_workloads",
+__all__ = ["Workload", "torch_backend", "gemm", "gemv", "conv", "triad", "suite", "measure_workloads", "place",
            "conv_benchmark", "conv_pairs", "depthwise_fraction"]
