@@ -1,4 +1,6 @@
 """Shared fixtures. The built test book is session-scoped: one build serves the book and browser tests."""
+import os
+
 import pytest
 
 
@@ -25,3 +27,47 @@ def require_cpp(family: str, load):
     assert ops is not None and st["backend"].startswith("cpp-"), (
         f"kernel family {family} is not loaded ({st['reason']}); run `make ext` and read its error")
     return ops
+
+
+# ---------------------------------------------------------------- kernel families at each ISA level
+
+EXPECT_PATH = "EFFNB_EXPECT_PATH"   # set by the ISA subprocess runs: the path their build must run
+
+
+def assert_cpp_under_test(family: str, backend: str) -> None:
+    """Wherever a compiler exists the family must be loaded (a broken build must not pass as the
+    fallback), and inside an ISA run it must run the path that run asked for."""
+    from effnb import ext
+    st = ext.status(family)
+    if ext.compiler() is None:
+        assert backend == ext.FALLBACK
+        return
+    assert backend.startswith("cpp-") and backend == f"cpp-{st['isa_path']}", (
+        f"kernel family {family} is not loaded ({st['reason']}); run `make ext` and read its error")
+    if os.environ.get(EXPECT_PATH):
+        assert backend == f"cpp-{os.environ[EXPECT_PATH]}", (backend, ext.isa())
+
+
+def rerun_at_isa(family: str, level: str, test_file: str, tests: list[str], env: dict | None = None,
+                 expect: str | None = None) -> None:
+    """Build ``family`` with EFFNB_ISA=<level> (its own cached build) and rerun ``tests`` of ``test_file``
+    there in a subprocess, which must pass without skipping and run the path ``expect`` (default: level)."""
+    import subprocess
+    import sys
+    from effnb import ext
+    why_not = ("already inside an ISA run" if os.environ.get(EXPECT_PATH) else
+               "no C++ compiler: only the fallback runs here (tested by forcing it)" if ext.compiler() is None else
+               f"this CPU does not run {level}" if ext.LEVELS.index(level) > ext.LEVELS.index(ext.cpu_level()) else "")
+    if why_not:
+        pytest.skip(why_not)
+    env = {**os.environ, "EFFNB_ISA": level, EXPECT_PATH: expect or level, **(env or {})}
+
+    def python(*args):
+        return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=900)
+
+    build = python("-m", "effnb.ext", "build", family)
+    assert build.returncode == 0 and f"cpp-{expect or level}" in build.stdout, build.stdout + build.stderr
+    run = python("-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-k", " or ".join(tests), test_file)
+    said = run.stdout
+    assert run.returncode == 0 and " passed" in said and "skipped" not in said and "deselected" in said, \
+        said[-3000:] + run.stderr[-2000:]

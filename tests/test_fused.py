@@ -14,12 +14,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import assert_cpp_under_test, rerun_at_isa
 from effnb import ext
 from effnb import measuring as E
 from effnb import threads
 from effnb.measuring import ops
 
-EXPECT_PATH = "EFFNB_FUSED_EXPECT_PATH"   # set by the ISA subprocess runs: the path their build must run
 
 
 def run_both(x, blk, tile_rows=4, channel_block=0):
@@ -34,15 +34,7 @@ def assert_matches(out, ref, k):
 
 def test_cpp_is_under_test():
     """Wherever a compiler exists the C++ family must be loaded: a broken build must not pass as the fallback."""
-    st_ = ext.status("fused")
-    if ext.compiler() is None:
-        assert ops.backend() == ext.FALLBACK
-        return
-    assert ops.available() and ops.backend().startswith("cpp-"), (
-        f"kernel family fused is not loaded ({st_['reason']}); run `python -m effnb.ext build fused`")
-    assert ops.backend() == f"cpp-{st_['isa_path']}"
-    if os.environ.get(EXPECT_PATH):
-        assert ops.backend() == f"cpp-{os.environ[EXPECT_PATH]}", (ops.backend(), ext.isa())
+    assert_cpp_under_test("fused", ops.backend())
 
 
 @settings(max_examples=60, deadline=None)
@@ -151,21 +143,9 @@ def _python(*args, env: dict, timeout: float = 900):
 
 @pytest.mark.parametrize("level", ["avx2", "scalar"])
 def test_kernels_at_a_lower_isa_level(level):
-    """The family built with EFFNB_ISA=<level> (its own cached build) runs its own code path through the
-    kernel tests above: the AVX2 path and the plain C++ path, on any CPU that runs them."""
-    why_not = ("already inside an ISA run" if os.environ.get(EXPECT_PATH) else
-               "no C++ compiler: only the fallback runs here (tested by forcing it)" if ext.compiler() is None else
-               f"this CPU does not run {level}" if ext.LEVELS.index(level) > ext.LEVELS.index(ext.cpu_level()) else "")
-    if why_not:
-        pytest.skip(why_not)
-    env = {**os.environ, "EFFNB_ISA": level, EXPECT_PATH: level}
-    build = _python("-m", "effnb.ext", "build", "fused", env=env)
-    assert build.returncode == 0 and f"cpp-{level}" in build.stdout, build.stdout + build.stderr
-    tests = _python("-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-k", " or ".join(KERNEL_TESTS),
-                    __file__, env=env)
-    said = tests.stdout
-    assert tests.returncode == 0 and " passed" in said and "skipped" not in said and "deselected" in said, \
-        said[-3000:] + tests.stderr[-2000:]
+    """The family built with EFFNB_ISA=<level> runs its own code path through the kernel tests above:
+    the AVX2 path and the plain C++ path, on any CPU that runs them."""
+    rerun_at_isa("fused", level, __file__, KERNEL_TESTS)
 
 
 # ---------------------------------------------------------------- the fallback

@@ -86,13 +86,20 @@ def _fake_probes(calls):
     return probe_bandwidth, gemm_frame
 
 
-def test_machine_is_measured_once_then_cached(monkeypatch, tmp_path):
+@pytest.fixture
+def fake_machine(monkeypatch, tmp_path):
+    """machine() over fake probes in an empty cache; no C++ family, so the GEMM is the compute roof."""
     monkeypatch.setenv("EFFNB_CACHE", str(tmp_path))
     calls = []
     bw, gemm = _fake_probes(calls)
     monkeypatch.setattr(roofline, "probe_bandwidth", bw)
     monkeypatch.setattr(roofline, "gemm_frame", gemm)
-    monkeypatch.setattr(roofline, "fma_frame", lambda *a, **k: None)  # no C++ family: the GEMM is the roof
+    monkeypatch.setattr(roofline, "fma_frame", lambda *a, **k: None)
+    return calls, bw
+
+
+def test_machine_is_measured_once_then_cached(fake_machine, tmp_path):
+    calls, bw = fake_machine
     m = roofline.machine(threads=1)
     assert not m["cached"] and len(calls) == 1
     assert (m["read_gbps"], m["copy_gbps"], m["triad_gbps"], m["peak_gflops"]) == (30.0, 33.0, 25.0, 150.0)
@@ -106,14 +113,9 @@ def test_machine_is_measured_once_then_cached(monkeypatch, tmp_path):
     assert len(calls) == 2
 
 
-def test_machine_keeps_the_best_of_its_probes(monkeypatch, tmp_path):
+def test_machine_keeps_the_best_of_its_probes(fake_machine, monkeypatch):
     """A probe taken under load only lowers the figures: the cache keeps the best of every probe."""
-    monkeypatch.setenv("EFFNB_CACHE", str(tmp_path))
-    calls = []
-    bw, gemm = _fake_probes(calls)
-    monkeypatch.setattr(roofline, "probe_bandwidth", bw)
-    monkeypatch.setattr(roofline, "gemm_frame", gemm)
-    monkeypatch.setattr(roofline, "fma_frame", lambda *a, **k: None)
+    calls, bw = fake_machine
     first = roofline.machine(threads=1)
     slow = lambda *a, **k: bw(*a, **k).assign(gbps=lambda d: d["gbps"] / 2)  # a busy machine
     monkeypatch.setattr(roofline, "probe_bandwidth", slow)
@@ -122,14 +124,9 @@ def test_machine_keeps_the_best_of_its_probes(monkeypatch, tmp_path):
     assert second["spread"]["read_gbps"] == pytest.approx(0.5)
 
 
-def test_other_probe_parameters_are_another_probe(monkeypatch, tmp_path):
+def test_other_probe_parameters_are_another_probe(fake_machine):
     """A chapter that asks for other probe parameters gets them measured, not another chapter's cache."""
-    monkeypatch.setenv("EFFNB_CACHE", str(tmp_path))
-    calls = []
-    bw, gemm = _fake_probes(calls)
-    monkeypatch.setattr(roofline, "probe_bandwidth", bw)
-    monkeypatch.setattr(roofline, "gemm_frame", gemm)
-    monkeypatch.setattr(roofline, "fma_frame", lambda *a, **k: None)
+    calls, bw = fake_machine
     roofline.machine(threads=1, mib=256, repeats=15)
     roofline.machine(threads=1, mib=512, repeats=15)
     roofline.machine(threads=1, mib=256, repeats=5)

@@ -18,11 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from conftest import assert_cpp_under_test, rerun_at_isa
 from effnb import ext
 from effnb import sparse as S
 
 PATTERNS = ["unstructured", "1x4", "dense"]
-EXPECT_PATH = "EFFNB_SPARSE_EXPECT_PATH"   # set by the ISA subprocess runs: the path their build must run
 
 
 def ref_matmul(sw, b):
@@ -37,15 +37,7 @@ def close(got, ref, k):
 
 def test_cpp_is_under_test():
     """Wherever a compiler exists the C++ family must be loaded: a broken build must not pass as the fallback."""
-    st_ = ext.status("sparse")
-    if ext.compiler() is None:
-        assert S.backend() == ext.FALLBACK
-        return
-    assert S.available() and S.backend().startswith("cpp-"), (
-        f"kernel family sparse is not loaded ({st_['reason']}); run `make ext` and read its error")
-    assert S.backend() == ext.backend("sparse") == f"cpp-{st_['isa_path']}"
-    if os.environ.get(EXPECT_PATH):
-        assert S.backend() == f"cpp-{os.environ[EXPECT_PATH]}", (S.backend(), ext.isa())
+    assert_cpp_under_test("sparse", S.backend())
 
 
 @settings(max_examples=60, deadline=None)
@@ -139,24 +131,9 @@ KERNEL_TESTS = ["test_cpp_is_under_test", "test_matmul_matches_reference",
 
 @pytest.mark.parametrize("level", ["avx2", "scalar"])
 def test_kernels_at_a_lower_isa_level(level):
-    """The family built with EFFNB_ISA=<level> (its own cached build) runs its own code path through the
-    kernel tests above: the AVX2 path and the plain C++ path, on any CPU that runs them."""
-    if os.environ.get(EXPECT_PATH):
-        pytest.skip("already inside an ISA run")
-    if ext.compiler() is None:
-        pytest.skip("no C++ compiler: only the fallback runs here (tested by forcing it)")
-    if ext.LEVELS.index(level) > ext.LEVELS.index(ext.cpu_level()):
-        pytest.skip(f"this CPU does not run {level}")
-    env = {**os.environ, "EFFNB_ISA": level, EXPECT_PATH: level}
-    build = subprocess.run([sys.executable, "-m", "effnb.ext", "build", "sparse"], env=env, capture_output=True,
-                           text=True, timeout=900)
-    assert build.returncode == 0, build.stdout + build.stderr
-    assert f"cpp-{level}" in build.stdout, build.stdout
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-                          "-k", " or ".join(KERNEL_TESTS), __file__], env=env, capture_output=True, text=True,
-                         timeout=900)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert " passed" in run.stdout and "skipped" not in run.stdout and "deselected" in run.stdout, run.stdout[-2000:]
+    """The family built with EFFNB_ISA=<level> runs its own code path through the kernel tests above:
+    the AVX2 path and the plain C++ path, on any CPU that runs them."""
+    rerun_at_isa("sparse", level, __file__, KERNEL_TESTS)
 
 
 # ---------------------------------------------------------------- the fallback
