@@ -1,0 +1,236 @@
+"""Scheme strings and the packed weights the kernels read: int8 per channel, int4 per group, DGQ.
+
+Why one module: the byte layout is the contract between Python and
+``kernels/quant/quant.cpp``; packing, unpacking and the random stand-ins the
+benchmarks use must agree on it, so they live together.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+
+SCHEME_RE = re.compile(r"^w(?P<wb>[48])a(?P<ab>8|16)(?:-g(?P<g>\d+))?(?P<asym>-asym|-sym)?$")
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A parsed scheme string."""
+    wbits: int
+    abits: int
+    group: int | None   # None: per output channel
+    asym: bool
+
+    @property
+    def a8(self) -> bool:
+        return self.abits == 8
+
+    def __str__(self) -> str:
+        g = f"-g{self.group}" if self.group else ""
+        return f"w{self.wbits}a{self.abits}{g}{'-asym' if self.asym else ''}"
+
+
+def parse_scheme(scheme: str | Scheme) -> Scheme:
+    """'w4a8-g64' -> Scheme(4, 8, 64, False); a clear error for anything else."""
+    if isinstance(scheme, Scheme):
+        return scheme
+    m = SCHEME_RE.match(str(scheme).strip().lower())
+    if not m:
+        raise ValueError(f"unknown scheme {scheme!r}: use w8a16, w8a8, w4a16-g64, w4a8-g128 "
+                         "(int4 groups are multiples of 32; add -asym for a zero point per group)")
+    wb, ab, g, asym = int(m["wb"]), int(m["ab"]), m["g"], m["asym"] == "-asym"
+    group = int(g) if g else None
+    if wb == 8 and (group or asym):
+        raise ValueError(f"scheme {scheme!r}: int8 weights are per output channel and symmetric; use w8a16 or w8a8")
+    if group is not None and (group < 32 or group % 32):
+        raise ValueError(f"scheme {scheme!r}: the group must be a multiple of 32 (32, 64, 128, ...)")
+    return Scheme(wb, ab, group, asym)
+
+
+class _WeightBytes:
+    """Size of a packed weight: every tensor the kernel reads (codes, scales, zeros)."""
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.parts())
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.nbytes / (self.n * self.k)
+
+
+@dataclass
+class Packed(_WeightBytes):
+    """A quantized weight [N, K] ready for :func:`effnb.quant.linear`."""
+    scheme: Scheme
+    n: int
+    k: int
+    kp: int                    # K padded (zeros) to whole blocks
+    group: int                 # int4 group (kp for per-channel); 0 for int8
+    q: torch.Tensor            # int8 [N, kp] or uint8 [N, kp/2] (two int4 per byte)
+    scales: torch.Tensor       # fp32 [N] (int8) or fp16 [N, kp/group] (int4)
+    zeros: torch.Tensor        # uint8 [N, kp/group], empty when symmetric
+
+    def parts(self) -> tuple:
+        return self.q, self.scales, self.zeros
+
+    def clone(self) -> "Packed":
+        """A copy with its own storage (a cold benchmark needs distinct bytes per copy)."""
+        return Packed(self.scheme, self.n, self.k, self.kp, self.group, self.q.clone(), self.scales.clone(),
+                      self.zeros.clone())
+
+
+@dataclass
+class DGQPacked(_WeightBytes):
+    """DGQ's dual-grained int4 weight for :func:`effnb.quant.dgq_linear`:
+    ``W[n, k] = scale[n] * kint[n, g] * (u[n, k] - 8)``, u the int4 layout of :func:`pack_int4`."""
+    n: int
+    k: int
+    kp: int
+    group: int
+    q: torch.Tensor      # uint8 [N, kp/2]: codes + 8, two per byte
+    kint: torch.Tensor   # uint8 [N, kp/group]: integer group scales, 1..15
+    scale: torch.Tensor  # fp32 [N]: channel scales
+
+    def parts(self) -> tuple:
+        return self.q, self.kint, self.scale
+
+    def clone(self) -> "DGQPacked":
+        return DGQPacked(self.n, self.k, self.kp, self.group, self.q.clone(), self.kint.clone(), self.scale.clone())
+
+
+def round_up(k: int, m: int) -> int:
+    return -(-k // m) * m
+
+
+def int4_padded_k(k: int, group: int | None) -> tuple[int, int]:
+    """(group, padded K) of an int4 weight: per channel is one group of K rounded up to 64."""
+    group = group or round_up(k, 64)
+    return group, round_up(k, math.lcm(64, group))
+
+
+def check_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A finite 2-D float weight as contiguous fp32 on the CPU, or a clear error."""
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise ValueError("weight must be a 2-D torch tensor [out_features, in_features]")
+    if not weight.is_floating_point():
+        raise TypeError(f"weight must be floating point, got {weight.dtype}")
+    if weight.numel() == 0:
+        raise ValueError("weight is empty")
+    if not torch.isfinite(weight).all():
+        raise ValueError("weight has NaN or inf entries; quantization needs finite weights")
+    return weight.detach().to("cpu", torch.float32).contiguous()
+
+
+def check_dgq_group(group: int) -> None:
+    if group < 64 or group % 64:
+        raise ValueError(f"DGQ group={group}: use a multiple of 64 (64, 128, 256); the kernel takes whole "
+                         "64-weight blocks per group")
+
+
+def quantize(weight: torch.Tensor, scheme: str | Scheme, hessian: torch.Tensor | None = None) -> Packed:
+    """Quantize and pack ``weight`` [N, K] (any float dtype) for ``scheme``.
+
+    Codes are rounded to nearest by default. With ``hessian`` (the K x K matrix
+    X^T X of the layer's inputs, from :func:`effnb.quant.calibrate`), int4 codes are
+    chosen by GPTQ instead (:func:`effnb.quant.gptq_int4`): same format, same kernel,
+    smaller output error.
+    """
+    sch = parse_scheme(scheme)
+    w = check_weight(weight)
+    n, k = w.shape
+    if hessian is not None:
+        if sch.wbits != 4:
+            raise ValueError(f"scheme {sch}: GPTQ (hessian=) is implemented for int4 weights; "
+                             "int8 per channel is close to lossless with plain rounding")
+        from .gptq import gptq_int4
+        return gptq_int4(w, sch, hessian)
+    if sch.wbits == 8:
+        kp = round_up(k, 32)
+        wp = torch.nn.functional.pad(w, (0, kp - k))
+        s = wp.abs().amax(1) / 127.0
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        q = torch.clamp(torch.round(wp / s[:, None]), -127, 127).to(torch.int8)
+        return Packed(sch, n, k, kp, 0, q.contiguous(), s.contiguous(), torch.empty(0, dtype=torch.uint8))
+    group, kp = int4_padded_k(k, sch.group)
+    wp = torch.nn.functional.pad(w, (0, kp - k)).reshape(n, kp // group, group)
+    if sch.asym:
+        lo = wp.amin(-1).clamp(max=0.0)
+        hi = wp.amax(-1).clamp(min=0.0)
+        s = ((hi - lo) / 15.0).to(torch.float16).float()
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        z = torch.clamp(torch.round(-lo / s), 0, 15)
+        u = torch.clamp(torch.round(wp / s[..., None]) + z[..., None], 0, 15)
+        zeros = z.to(torch.uint8).contiguous()
+    else:
+        s = (wp.abs().amax(-1) / 7.0).to(torch.float16).float()
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        u = torch.clamp(torch.round(wp / s[..., None]), -8, 7) + 8
+        zeros = torch.empty(0, dtype=torch.uint8)
+    return Packed(sch, n, k, kp, group, pack_int4(u.reshape(n, kp).to(torch.uint8)),
+                  s.to(torch.float16).contiguous(), zeros)
+
+
+def pack_int4(u: torch.Tensor) -> torch.Tensor:
+    """uint8 codes [N, Kp] in [0, 15] (Kp a multiple of 64) -> [N, Kp/2] bytes in the kernel's layout."""
+    n, kp = u.shape
+    if kp % 64:
+        raise ValueError(f"pack_int4 needs K a multiple of 64, got {kp}")
+    b = u.reshape(n, kp // 64, 2, 32)
+    return (b[:, :, 0, :] | (b[:, :, 1, :] << 4)).reshape(n, kp // 2).contiguous()
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_int4`."""
+    n, half = packed.shape
+    b = packed.reshape(n, half // 32, 1, 32)
+    return torch.cat([b & 0x0F, b >> 4], dim=2).reshape(n, half * 2)
+
+
+def dequantize(p: Packed) -> torch.Tensor:
+    """The fp32 weight [N, K] that ``p`` represents."""
+    if p.scheme.wbits == 8:
+        w = p.q.float() * p.scales[:, None]
+    else:
+        u = unpack_int4(p.q).float().reshape(p.n, p.kp // p.group, p.group)
+        z = p.zeros.float()[..., None] if p.zeros.numel() else 8.0
+        w = ((u - z) * p.scales.float()[..., None]).reshape(p.n, p.kp)
+    return w[:, :p.k].contiguous()
+
+
+def dgq_dequantize(p: DGQPacked) -> torch.Tensor:
+    """The fp32 weight [N, K] that ``p`` represents."""
+    q = unpack_int4(p.q).float().reshape(p.n, p.kp // p.group, p.group) - 8.0
+    return (q * p.kint.float()[..., None] * p.scale[:, None, None]).reshape(p.n, p.kp)[:, :p.k].contiguous()
+
+
+def random_packed(scheme: str | Scheme, n: int, k: int, seed: int = 0) -> Packed:
+    """Random codes and scales of the right shapes (benchmarks: speed does not depend on values,
+    and packing real weights for every cold copy would dominate the run)."""
+    sch = parse_scheme(scheme)
+    g = torch.Generator().manual_seed(seed)
+    if sch.wbits == 8:
+        kp = round_up(k, 32)
+        q = torch.randint(-127, 128, (n, kp), generator=g, dtype=torch.int8)
+        q[:, k:] = 0
+        return Packed(sch, n, k, kp, 0, q, torch.rand(n, generator=g) * 1e-2 + 1e-3,
+                      torch.empty(0, dtype=torch.uint8))
+    group, kp = int4_padded_k(k, sch.group)
+    u = torch.randint(0, 16, (n, kp), generator=g, dtype=torch.uint8)
+    s = (torch.rand(n, kp // group, generator=g) * 1e-2 + 1e-3).to(torch.float16)
+    z = torch.randint(0, 16, (n, kp // group), generator=g, dtype=torch.uint8) if sch.asym \
+        else torch.empty(0, dtype=torch.uint8)
+    return Packed(sch, n, k, kp, group, pack_int4(u), s, z)
+
+
+def random_dgq(n: int, k: int, group: int = 128, seed: int = 0) -> DGQPacked:
+    """Random DGQ codes and scales of the right shapes (for benchmarks)."""
+    check_dgq_group(group)
+    g = torch.Generator().manual_seed(seed)
+    kp = round_up(k, group)
+    u = torch.randint(0, 16, (n, kp), generator=g, dtype=torch.uint8)
+    u[:, k:] = 8
+    return DGQPacked(n, k, kp, group, pack_int4(u), torch.randint(1, 16, (n, kp // group), generator=g,
+                     dtype=torch.uint8), torch.rand(n, generator=g) * 1e-3 + 1e-4)

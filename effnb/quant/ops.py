@@ -1,0 +1,86 @@
+"""The quant kernel family: op schemas (declared here, once), fake kernels, and the calls.
+
+Why schemas in Python: the ops exist, get fake kernels and pass ``opcheck``
+whether or not ``kernels/quant/quant.cpp`` is built; the C++ file only
+registers implementations. Without a build, :func:`linear` and
+:func:`dgq_linear` run the torch references, and :func:`backend` says so.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import ext
+from .formats import DGQPacked, Packed
+from .reference import dgq_linear_ref, linear_ref, prep_x
+
+FAMILY = "quant"
+SCHEMAS = {  # x is fp32 [M, K]; every op returns fp32 [M, N], N the weight's rows
+    "quant_w8_linear": "(Tensor x, Tensor q, Tensor scales, bool a8) -> Tensor",
+    "quant_w4_linear": "(Tensor x, Tensor packed, Tensor scales, Tensor zeros, int group, bool a8) -> Tensor",
+    "quant_dgq_linear": "(Tensor x, Tensor packed, Tensor kint, Tensor scale, int group) -> Tensor",
+}
+
+_loaded: list[bool] = []   # the answer of available(), asked once per process
+
+
+def _output(x: torch.Tensor, weight_rows: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0], weight_rows.shape[0]), dtype=torch.float32)
+
+
+def _declare() -> None:
+    if FAMILY in ext._libraries:
+        return
+    ext.declare(FAMILY, SCHEMAS)
+    torch.library.register_fake("effnb::quant_w8_linear")(lambda x, q, scales, a8: _output(x, q))
+    torch.library.register_fake("effnb::quant_w4_linear")(
+        lambda x, packed, scales, zeros, group, a8: _output(x, packed))
+    torch.library.register_fake("effnb::quant_dgq_linear")(
+        lambda x, packed, kint, scale, group: _output(x, packed))
+
+
+def available() -> bool:
+    """True when the C++ quant ops are loaded in this process (decided once; never compiles)."""
+    if not _loaded:
+        _declare()
+        _loaded.append(ext.load(FAMILY))
+    return _loaded[0]
+
+
+def cpp_ops():
+    """``torch.ops.effnb`` with the quant family loaded, or None (``ext.status('quant')`` says why)."""
+    return torch.ops.effnb if available() else None
+
+
+def backend() -> str:
+    """What runs: ``cpp-<isa path>`` (avx512-vnni, avx-vnni, avx2-emulated-vnni, avx2, scalar) or
+    ``torch-fallback``; every benchmark row and claim names it."""
+    return ext.backend(FAMILY) if available() else ext.FALLBACK
+
+
+def linear(x: torch.Tensor, p: Packed) -> torch.Tensor:
+    """``x @ W^T`` for a packed weight; x [..., K] in any float dtype, result fp32 [..., N].
+
+    Uses the C++ kernel when loaded (:func:`available`), the torch reference otherwise.
+    """
+    if not isinstance(p, Packed):
+        raise TypeError("p must come from effnb.quant.quantize(weight, scheme)")
+    x2, lead = prep_x(x, p)
+    if not available():
+        return linear_ref(x2, p).reshape(*lead, p.n)
+    ops = torch.ops.effnb
+    if p.scheme.wbits == 8:
+        y = ops.quant_w8_linear(x2, p.q, p.scales, p.scheme.a8)
+    else:
+        y = ops.quant_w4_linear(x2, p.q, p.scales, p.zeros, p.group, p.scheme.a8)
+    return y.reshape(*lead, p.n)
+
+
+def dgq_linear(x: torch.Tensor, p: DGQPacked) -> torch.Tensor:
+    """``x @ W^T`` with DGQ's W4A8 kernel (``torch.ops.effnb.quant_dgq_linear``): the integer group
+    scales multiply inside the integer pipeline, so nothing is converted to fp32 per group."""
+    if not isinstance(p, DGQPacked):
+        raise TypeError("p must come from effnb.quant.dgq_pack(weight, group)")
+    x2, lead = prep_x(x, p)
+    if not available():
+        return dgq_linear_ref(x2, p).reshape(*lead, p.n)
+    return torch.ops.effnb.quant_dgq_linear(x2, p.q, p.kint, p.scale, p.group).reshape(*lead, p.n)
