@@ -9,6 +9,7 @@ the runner's fixture chapter, and on broken copies of it to show they bite.
 import ast
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,45 @@ def test_committed_outputs_are_not_stale(path):
     assert recorded == runner.source_hash(stem), (
         f"{path.name}: its outputs were made from other code than what is committed now "
         f"(a cell, its YAML, or a package or kernel family it declares changed): run `effnb refresh {stem[:2]}`")
+
+
+# A number with a unit typed into prose drifts from what the code measures: it must come from glue,
+# or be listed in the chapter YAML's `typed_numbers` (literal: why it is typed, e.g. a quoted paper figure).
+_UNIT = (r"(?:x\b|×|%|\s?(?:ms|µs|us|ns|s|GB/s|GiB/s|MB/s|GFLOP/s|TFLOP/s|GFLOP|MFLOP|TFLOP|FLOPs?|MiB|GiB|MB|KiB"
+         r"|points?|pts|images|sentences|tokens|bits|bytes|B|cores|threads)\b)")
+_TYPED = re.compile(r"(?<![\w.{`/-])(\d+(?:\.\d+)?(?:\s?[-–]\s?\d+(?:\.\d+)?)?)" + _UNIT)
+
+
+def typed_numbers(nb: dict) -> list[tuple[int, str]]:
+    """(cell index, text) of each number-with-unit typed into markdown (glue, code and math are skipped)."""
+    out = []
+    for i, c in enumerate(nb.get("cells", [])):
+        if c.get("cell_type") != "markdown":
+            continue
+        md = re.sub(r"\{glue:?\w*\}`[^`]*`", " ", source(c))
+        md = re.sub(r"```.*?```|`[^`]*`|\$\$.*?\$\$|\$[^$]*\$", " ", md, flags=re.S)
+        out += [(i, m.group(0).strip()) for m in _TYPED.finditer(md)]
+    return out
+
+
+@pytest.mark.skipif(not CHAPTERS, reason="no chapter notebooks committed under notebooks/ yet")
+@pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_prose_numbers_are_glued_or_allowed(path):
+    nb, spec = load(path)
+    allowed = {str(k): v for k, v in ((spec or {}).get("typed_numbers") or {}).items()}
+    typed = typed_numbers(nb)
+    unexplained = sorted({t for _, t in typed if t not in allowed})
+    assert not unexplained, (f"{path.name} types {unexplained} into its prose: glue them from the run "
+                             f"(ch.record + {{glue:}}), or list each under typed_numbers in {path.stem}.yaml with why")
+    unused = sorted(set(allowed) - {t for _, t in typed})
+    assert not unused, f"{path.stem}.yaml allows typed numbers the notebook no longer has: {unused}"
+    assert all(str(v).strip() for v in allowed.values()), "each typed number needs its reason"
+
+
+def test_typed_numbers_are_found():
+    nb = {"cells": [{"cell_type": "markdown", "source": "It ran 3.2x faster, at 45% of 20 GB/s; "
+                     "{glue:text}`speed:.2f`x and `4x` and $2x$ are fine; FineQuant says 3.65x."}]}
+    assert [t for _, t in typed_numbers(nb)] == ["3.2x", "45%", "20 GB/s", "3.65x"]
 
 
 def test_fixture_chapter_is_clean():

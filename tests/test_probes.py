@@ -2,11 +2,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import require_cpp
 from hypothesis import given, settings, strategies as st
 
-from effnb import ext
 from effnb import probes as stream
-from conftest import require_cpp
 
 SIZES = st.one_of(st.sampled_from([0, 1, 7, 8, 9, 15, 16, 17, 63, 1023, 4097]), st.integers(0, 20_000))
 SETTINGS = settings(max_examples=25, deadline=None)

@@ -1,11 +1,7 @@
 """effnb.quant: packing, the C++ kernels against the torch reference (on every ISA path this CPU
 can run), the op schemas, the module API, the variants, the peers and the benchmark spec."""
-import ast
 import dataclasses
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -517,16 +513,3 @@ def test_stdlib_docstrings_are_real_distinct_and_reproducible():
     assert a == b and len(set(a)) == 30 and all(40 <= len(t) <= 400 for t in a)
     with pytest.raises(ValueError, match="pass n"):
         stdlib_docstrings(10**6)
-
-
-def test_quant_imports_only_core_and_shared_packages():
-    """A technique package may use effnb's core and the shared models/data, never another technique."""
-    allowed = {"bench", "perf", "plots", "provenance", "ext", "roofline", "show", "files", "threads", "claims",
-               "models", "data"}
-    for path in Path(Q.__file__).parent.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 2:
-                names = [node.module] if node.module else [a.name for a in node.names]
-                assert {n.split(".")[0] for n in names} <= allowed, f"{path.name} imports {names}"
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("effnb."):
-                assert node.module.split(".")[1] in allowed, f"{path.name} imports {node.module}"

@@ -8,7 +8,6 @@ layers of a MobileNet-style block on the same activations, as an
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
@@ -42,13 +41,6 @@ def torch_backend() -> str:
     """What runs every workload here: torch's own kernels on the ISA path its dispatcher chose (``torch-avx512``)."""
     import torch
     return f"torch-{torch.backends.cpu.get_cpu_capability().lower()}"
-
-
-def _quiet_tqdm() -> None:
-    """Import tqdm.auto once with its warnings off: in a kernel without ipywidgets it warns on import."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import tqdm.auto  # noqa: F401
 
 
 def gemm(n: int) -> Workload:
@@ -153,7 +145,6 @@ def measure_workloads(workloads: Sequence[Workload], limits: dict, *, repeats: i
     if not workloads:
         raise ValueError("no workloads to measure: pass at least one size")
     positive_ints(rounds=rounds)
-    _quiet_tqdm()
     backend = torch_backend()
     frames = []
     for r in range(rounds):
@@ -223,7 +214,6 @@ def conv_pairs(channels: Sequence[int], hw: int, batch: int = 1, *, rounds: int 
     import pandas as pd
 
     spec = conv_benchmark(channels, hw, batch, rounds=rounds, repeats=repeats)
-    _quiet_tqdm()
     every = spec.run(progress=False).rounds
     by_label = {spec.x_label(c): c for c in spec.x_values}
     rows = []
