@@ -255,3 +255,27 @@ def test_equivalence_claims_say_test_margin_and_power():
                            differences=rng.normal(-5.0, 0.3, 20), margin=1.0)
     assert worse.verdict == claims.NOT_REPRODUCED
     assert {r["backend"] for r in led.rows()} == {"cpp-avx2"}
+
+
+def test_one_openmp_runtime_after_numba_runs_in_parallel():
+    """Numba's omp layer would load a second libgomp, and torch's thread count then drifts."""
+    import re
+
+    import numba
+    import numpy as np
+    import torch
+
+    @numba.njit(parallel=True)
+    def total(a):
+        s = 0.0
+        for i in numba.prange(a.size):
+            s += a[i]
+        return s
+
+    assert total(np.ones(1000)) == 1000.0
+    assert numba.threading_layer() == "workqueue"
+    gomps = set(re.findall(r"\S*libgomp\S*", open("/proc/self/maps").read()))
+    assert len(gomps) <= 1, gomps
+    for n in (1, threads.available_cores()):
+        threads.set_threads(n)
+        assert torch.get_num_threads() == n
