@@ -275,7 +275,9 @@ def test_one_openmp_runtime_after_numba_runs_in_parallel():
     assert total(np.ones(1000)) == 1000.0
     assert numba.threading_layer() == "workqueue"
     gomps = set(re.findall(r"\S*libgomp\S*", open("/proc/self/maps").read()))
-    assert len(gomps) <= 1, gomps
+    # wheels may carry their own renamed copy, loaded privately (scikit-learn's); the system one that
+    # numba's omp layer loads into the global namespace must not be there
+    assert not [g for g in gomps if "site-packages" not in g], gomps
     for n in (1, threads.available_cores()):
         threads.set_threads(n)
         assert torch.get_num_threads() == n
