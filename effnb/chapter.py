@@ -91,8 +91,8 @@ class ChapterRun:
 
     def use_limits(self, limits: dict) -> dict:
         """Keep the machine limits this run measured (effnb.roofline.machine): the hardware page shows them."""
-        keep = ("read_gbps", "copy_gbps", "triad_gbps", "peak_gflops", "fma_gflops", "threads", "mib",
-                "repeats", "probe_count", "cached")
+        keep = ("read_gbps", "copy_gbps", "triad_gbps", "peak_gflops", "peak_by", "gemm_gflops", "threads", "mib",
+                "repeats", "rounds", "probe_count", "cached")
         self.limits = {k: _jsonable(limits[k]) for k in keep if k in limits}
         return limits
 

@@ -57,9 +57,12 @@ def _fmt(x: float | None, target: str = "") -> str:
     return f"{x:.{digits}g}"
 
 
+def _finite(measured) -> bool:
+    return (isinstance(measured, (int, float)) and not isinstance(measured, bool) and math.isfinite(measured))
+
+
 def _require_figure(key: str, measured) -> None:
-    if measured is None or not isinstance(measured, (int, float)) or isinstance(measured, bool) \
-            or not math.isfinite(measured):
+    if not _finite(measured):
         raise ClaimError(f"claim {key!r} has no finite measured figure ({measured!r}): measure it, or use "
                          f"not_testable(...) with the reason")
 
@@ -86,13 +89,17 @@ class Ledger:
         ``valid=(False, why)`` (e.g. from :func:`effnb.bench.grows_with_work`) makes the
         verdict "invalid measurement" whatever the figure: a broken timing proves nothing.
         """
-        _require_figure(key, measured)
         op, value = target
         if op not in _OPS:
             raise ClaimError(f"target operator {op!r} for claim {key!r} must be one of {sorted(_OPS)}")
         ok, why = valid
+        if ok:
+            _require_figure(key, measured)
+        elif not why.strip():
+            raise ClaimError(f"claim {key!r} is marked invalid without saying why")
+        finite = _finite(measured)
         verdict = (REPRODUCED if _OPS[op](float(measured), float(value)) else NOT_REPRODUCED) if ok else INVALID
-        return self._add(Claim(key, paper, statement, quoted, float(measured), unit,
+        return self._add(Claim(key, paper, statement, quoted, float(measured) if finite else None, unit,
                                f"{op} {_fmt(float(value))} {unit}".strip(), verdict,
                                reason if ok else f"{why}. {reason}".strip(), backend or self.backend))
 

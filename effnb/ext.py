@@ -239,10 +239,27 @@ def load(family: str) -> bool:
 
     Never compiles. Returns False (and :func:`status` says why) when there is
     no compiler, no finished build for this key, or the library fails to load.
-    The family's schemas must already be declared (its ``ops`` module does that).
+    The answer is kept for the process (a fallback too: no hashing on a hot path);
+    :func:`build` clears it. Schemas may be declared before or after loading.
     """
+    conditions = _conditions()
+    if family in _state and _state[family].get("conditions") == conditions:
+        return _state[family]["backend"] != FALLBACK
     if _state.get(family, {}).get("backend", FALLBACK) != FALLBACK:
-        return True
+        return True  # a loaded library stays loaded whatever changed since
+    _state.pop(family, None)
+    ok = _load(family)
+    _state[family]["conditions"] = conditions
+    return ok
+
+
+def _conditions() -> tuple:
+    """What decides a fallback: the compiler, the cache, the ISA level, the flags, the sources' folder."""
+    return (compiler(), str(cache_dir()), os.environ.get("EFFNB_ISA", ""), os.environ.get("EFFNB_CXXFLAGS", ""),
+            str(KERNEL_DIR))
+
+
+def _load(family: str) -> bool:
     cxx = compiler()
     if cxx is None:
         return _set(family, reason="no C++ compiler ($CXX or `c++` on PATH); using the fallback kernels")
@@ -250,25 +267,25 @@ def load(family: str) -> bool:
         k = key(family, cxx)
     except BuildError as err:
         return _set(family, reason=str(err))
+    if family in _loaded and _loaded[family]["key"] != k:  # torch cannot unload a library
+        old = _loaded[family]
+        return _set(family, **old, reason=f"this process runs the older build {old['key']}; restart Python "
+                                          f"to load the current one ({k})")
     info = _finished(build_dir(family, k))
     if info is None:
         return _set(family, key=k, reason=f"kernel family {family} is not built for this machine (key {k}): "
                                           "run `make ext` or `python -m effnb.ext build`")
     lib = build_dir(family, k) / info["library"]
-    reason = "loaded the cached build"
     try:
         import torch
-        if family in _loaded and _loaded[family] != k:
-            reason = (f"this process runs the older build {_loaded[family]}; restart Python "
-                      f"to load the current one ({k})")
-        elif family not in _loaded:
+        if family not in _loaded:
             torch.ops.load_library(str(lib))
-            _loaded[family] = k
         path = _isa_path(lib)
     except Exception as err:  # noqa: BLE001 - any failure means "use the fallback"
         return _set(family, key=k, reason=f"could not load {lib}: {err}")
-    ok = _set(family, backend=f"cpp-{path}", reason=reason, path=str(lib), key=k,
-              build_s=info.get("build_s"), isa_path=path)
+    _loaded[family] = {"backend": f"cpp-{path}", "path": str(lib), "key": k, "build_s": info.get("build_s"),
+                       "isa_path": path}
+    ok = _set(family, reason="loaded the cached build", **_loaded[family])
     sync_threads()
     return ok
 
@@ -277,8 +294,7 @@ def status(family: str | None = None) -> dict:
     """Per family: ``backend`` (cpp-<path> or torch-fallback), why, the library and its key."""
     if family is None:
         return {f: status(f) for f in families()}
-    if _state.get(family, {}).get("backend", FALLBACK) == FALLBACK:
-        load(family)
+    load(family)
     return dict(_state[family])
 
 
@@ -375,7 +391,7 @@ def build_family(family: str, verbose: bool = False, timeout: float = LOCK_WAIT_
     if _finished(out):
         say(f"{family}: up to date: {out}")
         return out
-    if family in _loaded:
+    if family in _loaded and _loaded[family]["key"] != k:
         raise BuildError(f"kernel family {family} changed while this Python process has the old build loaded "
                          "(torch cannot unload it): run `python -m effnb.ext build` in a terminal, then "
                          "restart this Python process")
@@ -400,6 +416,7 @@ def build(which: list[str] | None = None, verbose: bool = False, timeout: float 
     """
     done, failed = {}, {}
     for family in which or families():
+        _state.pop(family, None)  # whatever load() concluded before this build is out of date
         try:
             done[family] = build_family(_check_family(family), verbose, timeout)
             if not load(family):

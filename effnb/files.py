@@ -7,15 +7,19 @@ from pathlib import Path
 
 
 def atomic_write(path: Path | str, data: str | bytes) -> Path:
-    """Write under a ``.tmp`` name beside ``path``, then rename into place (atomic on POSIX)."""
+    """Write under a unique ``.tmp`` name beside ``path``, then rename into place (atomic on POSIX;
+    two writers of one file, such as Dask workers sharing a cache, never collide on the temporary)."""
+    import tempfile
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(data, bytes):
-        tmp.write_bytes(data)
-    else:
-        tmp.write_text(data)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data if isinstance(data, bytes) else data.encode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -41,7 +41,7 @@ def _check_threads(threads):
 
 
 class _threads_set:
-    """Use ``n`` threads everywhere inside the block, then put torch and Numba back as they were."""
+    """Use ``n`` threads everywhere inside the block (torch, Numba, our kernels), then put them back."""
 
     def __init__(self, n: int):
         self.n = n
@@ -55,8 +55,7 @@ class _threads_set:
 
     def __exit__(self, *exc):
         import numba
-        import torch
-        torch.set_num_threads(self.saved[0])
+        _threads.set_threads(self.saved[0])
         numba.set_num_threads(self.saved[1])
         return False
 
@@ -242,11 +241,27 @@ def best_of(taken: list[dict]) -> dict:
         raise ValueError("best_of needs at least one probe record")
     best = dict(max(taken, key=lambda t: t["read_gbps"]))  # its rows and notes describe the best read
     for k in LIMIT_KEYS:
-        best[k] = max(float(t[k]) for t in taken)
+        top = max(taken, key=lambda t: float(t[k]))
+        best[k] = float(top[k])
+        label = k.split("_")[0] + "_by"      # read_by, copy_by, triad_by, peak_by: where the best came from
+        if label in top:
+            best[label] = top[label]
     best["probe_count"] = len(taken)
     best["spread"] = {k: (max(float(t[k]) for t in taken) - min(float(t[k]) for t in taken)) / best[k]
                       for k in LIMIT_KEYS}
     return best
+
+
+def _keep(taken: list[dict]) -> list[dict]:
+    """At most MAX_PROBES probes: the best of each limit, then the newest; no limit can drop on a refresh."""
+    best = {id(max(taken, key=lambda t: float(t[k]))) for k in LIMIT_KEYS}
+    keep = [t for t in taken if id(t) in best]
+    for t in reversed(taken):
+        if len(keep) >= MAX_PROBES:
+            break
+        if id(t) not in best:
+            keep.append(t)
+    return sorted(keep, key=lambda t: t["measured_at"])
 
 
 def machine(threads: int | None = None, refresh: bool = False, mib: int = DEFAULT_MIB,
@@ -269,7 +284,7 @@ def machine(threads: int | None = None, refresh: bool = False, mib: int = DEFAUL
     fresh = refresh or len(taken) < min_probes
     if fresh:
         taken.append(probe(n_threads, mib, repeats, rounds, gemm_n, progress))
-        taken = sorted(taken, key=lambda t: t["read_gbps"])[-MAX_PROBES:]  # the best few are all that count
+        taken = _keep(taken)
         files.write_json(path, {"taken": taken})
     limits = best_of(taken)
     limits["cached"] = not fresh

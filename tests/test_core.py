@@ -281,3 +281,13 @@ def test_one_openmp_runtime_after_numba_runs_in_parallel():
     for n in (1, threads.available_cores()):
         threads.set_threads(n)
         assert torch.get_num_threads() == n
+
+
+def test_a_broken_measurement_is_recorded_not_raised():
+    """NaN from a broken timing, flagged invalid, is an 'invalid measurement' row, not a crash."""
+    led = claims.Ledger("01")
+    c = led.check("x", paper="p", statement="s", quoted="-", measured=float("nan"), target=(">=", 1.0),
+                  valid=(False, "invalid measurement: flat timings"))
+    assert c.verdict == claims.INVALID and c.measured is None
+    with pytest.raises(claims.ClaimError, match="without saying why"):
+        led.check("y", paper="p", statement="s", quoted="-", measured=1.0, target=(">=", 1.0), valid=(False, ""))

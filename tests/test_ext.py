@@ -98,9 +98,11 @@ def test_cli_help(capsys):
 
 
 def test_ops_follow_set_threads(built):
-    """The libraries share torch's OpenMP runtime: effnb.threads.set_threads reaches the kernels."""
+    """The libraries link the system libgomp, not torch's copy: effnb.threads.set_threads must reach both."""
     from effnb import threads
     import torch
+    from effnb import probes
+    probes.cpp_ops()  # declares the stream schemas this test calls
     before = threads.current_threads()["torch"]
     try:
         for f in ext.families():
@@ -178,7 +180,8 @@ def test_key_follows_cpu_features_isa_and_flags(monkeypatch, built):
     monkeypatch.setattr(ext, "flags", lambda: {"cflags": ["-O0"], "ldflags": []})
     assert ext.key(FAMILY) != k
     monkeypatch.undo()
-    monkeypatch.setattr(ext, "isa", lambda: "scalar")
+    other = next(level for level in ext.LEVELS if level != ext.isa())
+    monkeypatch.setattr(ext, "isa", lambda: other)
     assert ext.key(FAMILY) != k
 
 
@@ -276,18 +279,23 @@ def test_torchs_own_stale_lock_is_cleared(fresh, monkeypatch):
     out.mkdir(parents=True)
     (out / "lock").write_text("")
 
+    ran = []
+
     def fake_compile(family, k, where, cxx, verbose):
         assert not (where / "lock").exists()
         (where / "x.so").write_text("")
         (where / ext.MARKER).write_text(json.dumps({"library": "x.so", "build_s": 1.0}))
+        ran.append(family)
 
     monkeypatch.setattr(ext, "_compile", fake_compile)
     ext.build_family(FAMILY)
+    assert ran == [FAMILY]
 
 
 def test_rebuild_with_old_ops_loaded_says_restart(fresh, monkeypatch):
     _key()
-    monkeypatch.setattr(ext, "_loaded", {FAMILY: "older"})
+    monkeypatch.setattr(ext, "_loaded", {FAMILY: {"key": "older", "backend": "cpp-x", "path": None,
+                                                  "build_s": 1.0, "isa_path": "x"}})
     with pytest.raises(ext.BuildError, match="restart"):
         ext.build_family(FAMILY)
 

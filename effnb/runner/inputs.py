@@ -3,8 +3,9 @@
 Exactly what the chapter's YAML declares, nothing guessed: its notebook's cell
 sources (not outputs) and its YAML, the effnb technique packages it lists
 (every file, whole), the kernel families it lists (sources, family headers and
-``kernels/common``), the measurement core (``effnb/*.py``: a change in timing
-changes every figure), the resolved parameters and the hardware id. Editing the
+``kernels/common``) and which build of each would run (a fallback run reruns
+once a compiler builds it), the measurement core (``effnb/*.py``: a change in
+timing changes every figure), the resolved parameters and the hardware id. Editing the
 sparse kernel therefore reruns chapter 04 only; editing a common header reruns
 every chapter that declares a kernel family.
 """
@@ -52,9 +53,27 @@ def core_files() -> list[Path]:
     return sorted(PACKAGE_DIR.glob("*.py"))
 
 
+def _build_of(family: str) -> str:
+    """Which build of a family would run: its cache key when built, else 'fallback' (a new compiler reruns)."""
+    try:
+        k = ext.key(family)
+    except ext.BuildError:
+        return "fallback"
+    return k if ext._finished(ext.build_dir(family, k)) else "fallback"
+
+
+def _source_digests(ch: ChapterSpec) -> dict[str, str]:
+    """The chapter's own inputs: cells, YAML, each declared package and kernel family."""
+    out = {"notebook": _digest([("cells", _notebook_source(ch.notebook).encode())]),
+           "yaml": _digest([("yaml", ch.spec.read_bytes() if ch.spec else b"")])}
+    for group, paths in declared_inputs(ch).items():
+        out[group] = _digest([(_name(p), p.read_bytes()) for p in paths])
+    return out
+
+
 def declared_inputs(ch: ChapterSpec) -> dict[str, list[Path]]:
-    """Group name -> files, for each input group the chapter declares (and the core)."""
-    groups = {"core": core_files()}
+    """Group name -> files, for each package and kernel family the chapter declares."""
+    groups = {}
     for name in ch.packages:
         groups[f"package {name}"] = package_files(name)
     for family in ch.kernels:
@@ -85,10 +104,9 @@ def input_digests(chapter: ChapterSpec | str, preset: str = "smoke", overrides: 
     """One digest per input group: the notebook, the YAML, each package and family, parameters, hardware."""
     from .. import provenance
     ch = find_chapter(chapter, notebooks_dir)
-    out = {"notebook": _digest([("cells", _notebook_source(ch.notebook).encode())]),
-           "yaml": _digest([("yaml", ch.spec.read_bytes() if ch.spec else b"")])}
-    for group, paths in declared_inputs(ch).items():
-        out[group] = _digest([(_name(p), p.read_bytes()) for p in paths])
+    out = _source_digests(ch)
+    out["core"] = _digest([(_name(p), p.read_bytes()) for p in core_files()])
+    out["backends"] = _digest([(f, _build_of(f).encode()) for f in ch.kernels])
     out["parameters"] = _digest([("p", json.dumps(resolve(ch, preset, overrides), sort_keys=True,
                                                   default=str).encode())])
     out["hardware"] = _digest([("hw", (hardware or provenance.hardware_id()).encode())])
@@ -110,9 +128,6 @@ def changed_inputs(old: dict[str, str] | None, new: dict[str, str]) -> list[str]
     return [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
-SOURCE_GROUPS = ("notebook", "yaml")   # plus every declared package and kernel family
-
-
 def source_hash(chapter: ChapterSpec | str, notebooks_dir: Path | str | None = None) -> str:
     """The hash a committed notebook records when refreshed: its cells, YAML, packages and kernels.
 
@@ -120,6 +135,4 @@ def source_hash(chapter: ChapterSpec | str, notebooks_dir: Path | str | None = N
     outputs are the smoke run's, and they go stale when the chapter's own code
     changes, which is what ``tests/test_hygiene.py`` checks.
     """
-    d = input_digests(chapter, notebooks_dir=notebooks_dir, hardware="-")
-    keep = {k: v for k, v in d.items() if k in SOURCE_GROUPS or k.startswith(("package ", "kernels "))}
-    return inputs_hash(None, digests=keep)
+    return inputs_hash(None, digests=_source_digests(find_chapter(chapter, notebooks_dir)))

@@ -26,16 +26,19 @@ def _paths(nn: str, slug: str, root: Path) -> dict[str, Path]:
             "test": root / "tests" / f"test_{slug}.py"}
 
 
-def _check(nn: str, slug: str) -> None:
+def _check(nn: str, slug: str, root: Path = ROOT) -> None:
     if not re.fullmatch(r"\d\d", nn):
         raise UsageError(f"chapter number {nn!r}: write two digits, e.g. 07")
-    if not re.fullmatch(r"[a-z][a-z0-9_]*", slug) or slug in ("common", "runner", "models", "data"):
-        raise UsageError(f"slug {slug!r}: write a lower-case Python name (letters, digits, _), not a reserved one")
+    core = {p.stem for p in (root / "effnb").glob("*.py")} | {"common", "runner", "models", "data"}
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", slug) or slug in core:
+        raise UsageError(f"slug {slug!r}: write a lower-case Python name (letters, digits, _), not a reserved one "
+                         f"(core modules and shared packages: {', '.join(sorted(core))})")
 
 
 def create(nn: str, slug: str, title: str | None = None, root: Path = ROOT, execute: bool = True) -> list[Path]:
-    """Write the chapter's files and register it; fail before writing anything if one exists."""
-    _check(nn, slug)
+    """Write the chapter's files and register it; fail before writing anything when a name is taken."""
+    _check(nn, slug, root)
+    _toc(root / "_toc.yml", f"{nn}_{slug}", add=True, dry=True)  # a toc without a Chapters part fails now
     paths = _paths(nn, slug, root)
     taken = [p for p in paths.values() if p.exists()] + [p for p in (root / "notebooks").glob(f"{nn}_*.ipynb")]
     if taken:
@@ -59,14 +62,14 @@ def create(nn: str, slug: str, title: str | None = None, root: Path = ROOT, exec
         from .execute import refresh
         if ext.compiler() is not None:
             ext.build([slug])
-        refresh(stem)
+        refresh(stem, notebooks_dir=root / "notebooks")
     return made
 
 
 def remove(nn: str, slug: str, root: Path = ROOT) -> list[Path]:
     """Delete what :func:`create` wrote and take the toc entry and bibliography stub back out."""
     import shutil
-    _check(nn, slug)
+    _check(nn, slug, root)
     gone = []
     for p in _paths(nn, slug, root).values():
         if p.is_dir():
@@ -85,7 +88,7 @@ def remove(nn: str, slug: str, root: Path = ROOT) -> list[Path]:
     return gone
 
 
-def _toc(toc: Path, stem: str, add: bool) -> None:
+def _toc(toc: Path, stem: str, add: bool, dry: bool = False) -> None:
     """Insert (in number order) or drop the chapter's line in the Chapters part of ``_toc.yml``."""
     lines = toc.read_text().splitlines()
     entry = f"      - file: book/chapters/{stem}"
@@ -96,7 +99,8 @@ def _toc(toc: Path, stem: str, add: bool) -> None:
             raise UsageError(f"{toc.name} has no `Chapters` part with book/chapters entries to add {stem} to")
         after = [i for i in rows if lines[i].split("/")[-1] < stem]
         lines.insert((after[-1] + 1) if after else rows[0], entry)
-    toc.write_text("\n".join(lines) + "\n")
+    if not dry:
+        toc.write_text("\n".join(lines) + "\n")
 
 
 # ---------------------------------------------------------------- templates
