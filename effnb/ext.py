@@ -294,7 +294,8 @@ def status(family: str | None = None) -> dict:
     """Per family: ``backend`` (cpp-<path> or torch-fallback), why, the library and its key."""
     if family is None:
         return {f: status(f) for f in families()}
-    load(family)
+    if _state.get(family, {}).get("backend", FALLBACK) == FALLBACK:  # a loaded library needs no second look
+        load(family)
     return dict(_state[family])
 
 
