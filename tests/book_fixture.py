@@ -99,7 +99,8 @@ def make_tree(dest: Path) -> dict:
     for p in (ROOT / "book").iterdir():
         if p.is_file() and p.suffix in (".md", ".bib"):
             shutil.copy(p, dest / "book" / p.name)
-    shutil.copytree(ROOT / "book" / "_ext", dest / "book" / "_ext", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("_ext", "_static"):
+        shutil.copytree(ROOT / "book" / folder, dest / "book" / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (dest / "notebooks").mkdir()
     claims = []
     for i, (hw, preset, ov, status, cl, roof) in enumerate(RUNS):

@@ -5,7 +5,7 @@ import re
 import pytest
 
 import book_fixture as bf
-from effnb.runner import pages
+from effnb.runner import ledger, pages, tables
 
 
 def _ids(html_text: str, cls: str) -> list[str]:
@@ -53,7 +53,7 @@ def test_no_runs_still_writes_every_page(tmp_path):
     b = tmp_path / "book"
     res = pages.build(b / "runs", b / "generated", b / "chapters", tmp_path / "nb", tmp_path / "_toc.yml", "me")
     assert res["runs"] == 0 and res["chapters"] == ["01_x"]
-    for name in ("ledger.md", "hardware.md", "status.md"):
+    for name in ("ledger.md", "hardware.md", "status.md", "landing.md"):
         assert "No runs yet" in (b / "generated" / name).read_text()
     assert (b / "chapters" / "01_x.ipynb").exists(), "the toc's chapter gets a placeholder page"
 
@@ -75,6 +75,120 @@ def test_pages_are_rewritten_only_when_they_change(tree):
     first = bf.pages(tree)
     assert len(first["written"]) >= 4
     assert bf.pages(tree)["written"] == []
+
+
+def test_ledger_groups_by_chapter_and_keeps_targets_apart(tree):
+    d = tree / "book" / "runs" / bf.HERE_HW
+    side = json.loads((d / f"{bf.run_name('full', {})}.json").read_text())
+    side["claims"].append(dict(bf.claim("t_speed", "not reproduced", 0.8), paper="effnb target", target=">= 1 x"))
+    (d / f"{bf.run_name('full', {})}.json").write_text(json.dumps(side))
+    bf.pages(tree)
+    text = (tree / "book" / "generated" / "ledger.md").read_text()
+    assert text.startswith(ledger.WIDE_PAGE), "no right-hand contents panel beside the wide tables"
+    heads = re.findall(r"^## (.+)$", text, flags=re.M)
+    assert heads == ["Summary", f"[01 \u00b7 Measuring efficiency](../chapters/{bf.STEM}.ipynb#claims)"]
+    blocks = text.split('<div class="effnb-table-block">')[1:]
+    papers, targets = [b for b in blocks if "effnb-ledger" in b]
+    assert "effnb-papers" in papers and "effnb-targets" in targets
+    assert "t_speed" not in papers and len(re.findall(r'id="claim-[^"]*t-speed"', targets)) == 1
+    assert "paper: <b>Lavin 2024</b>" in papers, "a column with one value moves into the caption"
+    assert "<th>paper</th>" not in papers and "<th>machine</th>" in papers, "two machines: the column stays"
+    assert text.count('<div class="effnb-scroll">') == text.count("<table"), "every table scrolls on its own"
+    assert '<span class="effnb-verdict" data-verdict="reproduced">' in papers and "background:" not in text
+
+
+def test_claims_anchor_is_the_chapters_last_claims_heading():
+    nb = {"cells": [{"cell_type": "markdown", "source": "# T\n## Claim 1: fast\n```\n## not a heading\n```\n"},
+                    {"cell_type": "markdown", "source": ["## Targets and claims\n", "text"]},
+                    {"cell_type": "markdown", "source": "## Summary"}]}
+    assert ledger.claims_anchor(nb) == "targets-and-claims"
+    assert ledger.claims_anchor({"cells": []}) is None
+
+
+@pytest.mark.parametrize("value, unit, text", [
+    (0.00437, "s", "4.37 ms"), (1.23e-5, "s", "12.3 \u00b5s"), (416.79, "s", "6 min 57 s"), (2.79932, "x", "2.8x"),
+    (44.46238, "%", "44.5%"), (0.1456, "x of 1x1 GFLOP/s", "0.146x of 1x1 GFLOP/s"), (0.5, "", "0.5"),
+    (5.0, "shapes", "5 shapes"), (1900.0, "GB/s", "1900 GB/s"), (0.0, "max abs diff", "0 max abs diff"),
+    (4.37e-5, "p", "4.37\u00d710\u207b\u2075 p"), (float("nan"), "s", "-"), (None, "x", "-")])
+def test_numbers_carry_their_units_and_no_exponent_notation(value, unit, text):
+    assert tables.with_unit(value, unit) == text
+
+
+def test_targets_read_as_inequalities():
+    assert tables.tidy(">= 1.00e-05 max abs diff") == "\u2265 1\u00d710\u207b\u2075 max abs diff"
+    assert tables.tidy("<= 0.25 x of 1x1 GFLOP/s") == "\u2264 0.25x of 1x1 GFLOP/s"
+    assert tables.tidy(">= 60 %") == "\u2265 60%"
+
+
+def test_landing_names_the_machine_counts_verdicts_and_has_a_card_per_chapter(tree):
+    bf.pages(tree)
+    text = (tree / "book" / "generated" / "landing.md").read_text()
+    assert f"`{bf.HERE_HW}` (CPU of {bf.HERE_HW}, 2 usable cores, AVX2, 24 GiB memory, no GPU)" in text
+    assert f"`{bf.OTHER_HW}` (2 runs)" in text
+    # the chapter page shows this machine's full run: 2 claims, 1 reproduced, 1 not testable
+    assert '<span class="effnb-stat-n">2</span><span class="effnb-stat-label">claims checked</span>' in text
+    assert f"::::{{grid-item-card}} 01 \u00b7 Measuring efficiency\n:link: /book/chapters/{bf.STEM}" in text
+    assert "**1 of 2** papers' claims held" in text
+    assert text.count("grid-item-card") == 4, "one card per chapter of the table of contents"
+
+
+def _dark_pixels(fig, ax) -> int:
+    """Pixels of drawn lines (dark) inside the axes, legend hidden: 0 for an empty plot."""
+    import numpy as np
+    if ax.get_legend() is not None:
+        ax.get_legend().set_visible(False)
+    fig.canvas.draw()
+    img = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+    bb, h = ax.get_window_extent(), img.shape[0]
+    crop = img[h - int(bb.y1) + 3:h - int(bb.y0) - 3, int(bb.x0) + 3:int(bb.x1) - 3]
+    return int((crop.max(axis=2) < 90).sum())
+
+
+def test_hardware_roofline_is_drawn_not_empty():
+    import math
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = pages.roofline_figure(bf.ROOF, bf.HERE_HW)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == ax.get_xscale() == "log"
+    for lim in (ax.get_xlim(), ax.get_ylim()):
+        assert all(math.isfinite(v) and v > 0 for v in lim), lim
+    assert ax.get_ylim()[0] < bf.ROOF["peak_gflops"] < ax.get_ylim()[1], "the compute roof is in view"
+    assert _dark_pixels(fig, ax) > 300, "the roofline itself is drawn inside the axes"
+    # The same checks catch the earlier bug: ylim set on the linear axis, then the log scale.
+    bad = Figure()
+    FigureCanvasAgg(bad)
+    bax = bad.add_subplot()
+    bax.plot([1 / 16, 8, 64], [1.25, 150, 150], color="k")
+    bax.set_xscale("log", base=2)
+    bax.set_ylim(top=300)
+    bax.set_yscale("log")
+    assert _dark_pixels(bad, bax) < 50
+    with pytest.raises(ValueError, match="empty plot"):
+        pages.check_log_axes(bax)
+    png = pages.roofline_png(bf.ROOF, bf.HERE_HW)
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_old_sidecars_keep_their_roofline_in_the_results(tree):
+    d = tree / "book" / "runs" / bf.HERE_HW
+    path = d / f"{bf.run_name('smoke', {})}.json"
+    side = json.loads(path.read_text())
+    side.pop("limits")
+    side["results"] = {"roofline": bf.ROOF}
+    path.write_text(json.dumps(side))
+    run = next(r for r in pages.load_runs(tree / "book" / "runs") if r.sidecar == path)
+    assert run.roofline == bf.ROOF
+
+
+def test_status_page_shows_each_runs_time(tree):
+    bf.pages(tree)
+    text = (tree / "book" / "generated" / "status.md").read_text()
+    assert text.startswith(ledger.WIDE_PAGE)
+    assert text.count('class="effnb-bar"') == len(bf.RUNS)
+    assert "14 s" in text and "of run time in all" in text
 
 
 # --- the whole book ------------------------------------------------------------
@@ -106,7 +220,18 @@ def test_hardware_page_shows_both_machines_and_their_rooflines(built_book):
         assert hw in text
         assert f"roofline-{hw}.png" in text
     assert "H100" in text and ">1900<" in text, "GPU and its triad bandwidth are shown"
+    assert text.count("<figcaption") == 2 and 'alt="Log-log roofline of' in text, "each roofline is a captioned figure"
     assert list((built_book["html"] / "_images").glob("roofline-*.png"))
+
+
+@pytest.mark.slow
+def test_landing_page_says_what_built_it_and_how_to_rebuild(built_book):
+    text = (built_book["html"] / "book" / "intro.html").read_text()
+    assert bf.HERE_HW in text and "claims checked" in text and "sd-card" in text
+    assert f'href="chapters/{bf.STEM}.html"' in text, "each card links its chapter"
+    assert "effnb.css" in text
+    words = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", text))
+    assert "make book" in words and "make test" in words and "python -m http.server -d _build/html" in words
 
 
 @pytest.mark.slow

@@ -4,23 +4,29 @@ The book build executes nothing: papermill already ran each chapter and left
 an executed notebook plus a JSON sidecar in ``book/runs/<hardware-id>/``.
 This module picks, for each chapter, the run from *this* machine to show as
 the chapter page, and writes the results pages (claims ledger, hardware,
-run status) from *every* machine's sidecars. Each file is written only when
-its content changed, so Sphinx rebuilds only what is new.
+run status) from *every* machine's sidecars, plus the part of the landing page
+that depends on the runs (``landing.md``, included by ``book/intro.md``). Each
+file is written only when its content changed, so Sphinx rebuilds only what is
+new. The ledger and the landing page live in ``ledger.py`` and ``landing.py``;
+the table, badge and number helpers they share in ``tables.py``.
 """
 from __future__ import annotations
 
 import argparse
-import html
 import io
 import json
+import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import claims as _claims
 from .. import files
 from ..sidecar import Sidecar
+from . import tables as T
+from .landing import landing_page
+from .ledger import WIDE_PAGE, ChapterPage, chapter_page, ledger_page  # noqa: F401  (ledger_page: public)
 
 NOTE_CELL_ID = "effnb-provenance-note"
 VERSION_DISTS = ("jupyter-book", "sphinx", "myst-nb", "papermill", "torch", "numpy", "numba", "pandas",
@@ -107,8 +113,11 @@ class Run:
 
     @property
     def roofline(self) -> dict | None:
-        """The machine limits the run probed (``ch.use_limits``), from the sidecar's own field."""
+        """The machine limits the run probed (``ch.use_limits``), from the sidecar's own field; older
+        sidecars kept them in their results (``results["roofline"]``)."""
         r = Sidecar.from_dict(self.data).limits
+        if not isinstance(r, dict):
+            r = (self.data.get("results") or {}).get("roofline")
         if isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) and r[k] > 0
                                        for k in ("read_gbps", "peak_gflops")):
             return r
@@ -139,62 +148,7 @@ def load_runs(runs_dir: Path) -> list[Run]:
 
 # --------------------------------------------------------------------------- helpers
 write_if_changed = files.write_if_changed
-
-
-def _e(value) -> str:
-    return html.escape("" if value is None else str(value))
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
-
-
-def _table(cls: str, header: list[str], rows: list[tuple[dict, list[str]]]) -> str:
-    """An HTML table on one line (a MyST raw-HTML block ends at a blank line).
-
-    ``rows`` holds (tr attributes, cells already escaped).
-    """
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = []
-    for attrs, cells in rows:
-        a = "".join(f' {k}="{_e(v)}"' for k, v in attrs.items())
-        body.append(f"<tr{a}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return (f'<table class="table effnb-table {cls}">\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
-            + "\n".join(body) + "\n</tbody>\n</table>\n")
-
-
-def _nowrap(value) -> str:
-    return f'<span style="white-space:nowrap">{_e(value)}</span>'
-
-
-def _verdict_cell(verdict: str) -> str:
-    colour = _claims._COLOURS.get(verdict, "")
-    return f'<span class="effnb-verdict" style="background:{colour};padding:0 .3em">{_e(verdict)}</span>'
-
-
-def _bytes(n) -> str:
-    if not isinstance(n, (int, float)) or n <= 0:
-        return "?"
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n:g} B"
-
-
-def _when(stamp: str) -> str:
-    """An ISO timestamp as 'YYYY-MM-DD HH:MM UTC' (as given when it does not parse)."""
-    from datetime import datetime, timezone
-    try:
-        t = datetime.fromisoformat(stamp)
-    except (TypeError, ValueError):
-        return stamp or "-"
-    if t.tzinfo is not None:
-        t = t.astimezone(timezone.utc)
-    return t.strftime("%Y-%m-%d %H:%M") + (" UTC" if t.tzinfo is not None else "")
-
-
-def _num(x, fmt: str = "{:.3g}") -> str:
-    return fmt.format(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else "-"
+_e, _slug, _when, _bytes = T.esc, T.slug, T.when, T.nbytes
 
 
 # --------------------------------------------------------------------------- chapters
@@ -288,43 +242,6 @@ def write_chapters(runs: list[Run], hardware_id: str, notebooks: Path, out: Path
     return written
 
 
-# --------------------------------------------------------------------------- ledger
-LEDGER_COLUMNS = ["chapter", "hardware id", "preset", "paper", "statement", "paper's figure", "ours",
-                  "target", "verdict", "backend", "reason"]
-
-
-def ledger_page(runs: list[Run]) -> str:
-    rows, counts, seen = [], {v: 0 for v in _claims.VERDICTS}, {}
-    for run in runs:
-        preset = run.preset + (f" ({run.overrides_text})" if run.overrides else "")
-        for i, c in enumerate(run.claims):
-            verdict = str(c.get("verdict", "?"))
-            counts[verdict] = counts.get(verdict, 0) + 1
-            cid = "claim-" + _slug(f"{run.hardware_id}-{run.name}-{c.get('key') or i}")
-            seen[cid] = seen.get(cid, 0) + 1
-            if seen[cid] > 1:
-                cid += f"-{seen[cid]}"
-            ours = f"{_claims._fmt(c.get('measured'))} {c.get('unit') or ''}".strip()
-            cells = [_e(run.chapter), f"<code>{_e(run.hardware_id)}</code>", _e(preset), _e(c.get("paper")),
-                     _e(c.get("statement")), _e(c.get("quoted")), _nowrap(ours), _nowrap(c.get("target")),
-                     _verdict_cell(verdict), _nowrap(c.get("backend") or "not named"), _e(c.get("reason"))]
-            rows.append(({"class": "effnb-claim", "id": cid, "data-verdict": verdict}, cells))
-    out = ["# Claims ledger", "",
-           "Every claim checked by every run, on every machine whose runs are in `book/runs/`. "
-           "Each row sets the paper's figure beside ours and the target that decides the verdict; "
-           "{doc}`../methodology` explains the verdicts.", ""]
-    if not rows:
-        out += ["No runs yet: run `make book` to measure the chapters on this machine.", ""]
-        return "\n".join(out)
-    total = sum(counts.values())
-    out += ["## Summary", "",
-            _table("effnb-summary", ["verdict", "claims"],
-                   [({"class": "effnb-count", "data-verdict": v}, [_verdict_cell(v), str(n)])
-                    for v, n in counts.items()] + [({"class": "effnb-total"}, ["<b>total</b>", str(total)])]),
-            "## All claims", "", _table("effnb-ledger", LEDGER_COLUMNS, rows)]
-    return "\n".join(out)
-
-
 # --------------------------------------------------------------------------- hardware
 ROOF_KEYS = ("read_gbps", "copy_gbps", "triad_gbps", "peak_gflops")
 
@@ -334,7 +251,14 @@ def _latest(runs: list[Run], pred) -> Run | None:
     return max(hits, key=lambda r: r.finished) if hits else None
 
 
-def roofline_png(roof: dict, hardware_id: str) -> bytes:
+def check_log_axes(ax) -> None:
+    """Raise if a log axis has a limit that is not positive and finite: matplotlib then draws nothing."""
+    for name, scale, lim in (("x", ax.get_xscale(), ax.get_xlim()), ("y", ax.get_yscale(), ax.get_ylim())):
+        if not all(math.isfinite(v) for v in lim) or (scale == "log" and min(lim) <= 0):
+            raise ValueError(f"roofline plot: {name} limits {lim} on a {scale} axis would draw an empty plot")
+
+
+def roofline_figure(roof: dict, hardware_id: str):
     """The machine's roofline, drawn by effnb.roofline.plot (the same picture the chapters show)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -343,10 +267,15 @@ def roofline_png(roof: dict, hardware_id: str) -> bytes:
     plots.style()
     fig = Figure(figsize=(6.4, 4.0), dpi=100)
     FigureCanvasAgg(fig)
-    roofline.plot(dict(roof, hardware_id=hardware_id), ax=fig.add_subplot(), title="Roofline")
+    ax = roofline.plot(dict(roof, hardware_id=hardware_id), ax=fig.add_subplot(), title="Roofline")
+    check_log_axes(ax)
     fig.tight_layout()
+    return fig
+
+
+def roofline_png(roof: dict, hardware_id: str) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
+    roofline_figure(roof, hardware_id).savefig(buf, format="png", metadata={"Software": None})
     return buf.getvalue()
 
 
@@ -368,6 +297,19 @@ def _fingerprint_rows(prov: dict) -> list[tuple[dict, list[str]]]:
     return [({"class": "effnb-fp"}, [_e(k), _e("unknown" if v is None else v)]) for k, v in items]
 
 
+def _roofline_caption(roof: dict, hw: str) -> tuple[str, str]:
+    """The figure's caption (its takeaway) and its alt text."""
+    bw, peak = roof["read_gbps"], roof["peak_gflops"]
+    ridge = peak / bw
+    threads = roof.get("threads")
+    on = f"`{hw}`" + (f", {threads} threads" if threads else "")
+    caption = (f"Roofline of {on}: a kernel below {T.num(ridge)} flop/byte is bound by memory "
+               f"({T.num(bw)} GB/s read), above it by compute ({T.num(peak)} GFLOP/s).")
+    alt = (f"Log-log roofline of {hw}: attainable GFLOP/s rises with arithmetic intensity at "
+           f"{T.num(bw)} GB/s up to the ridge at {T.num(ridge)} flop/byte, then stays at {T.num(peak)} GFLOP/s.")
+    return caption, alt
+
+
 def hardware_page(runs: list[Run]) -> tuple[str, dict[str, bytes]]:
     """The page text and the roofline images it links (file name -> PNG bytes)."""
     images: dict[str, bytes] = {}
@@ -381,21 +323,23 @@ def hardware_page(runs: list[Run]) -> tuple[str, dict[str, bytes]]:
         mine = [r for r in runs if r.hardware_id == hw]
         newest = (_latest(mine, lambda r: bool(r.provenance) and r.ok) or _latest(mine, lambda r: bool(r.provenance))
                   or mine[-1])
-        text += [f"## `{hw}`", "", f"{len(mine)} run(s); fingerprint from `{newest.name}`.", "",
-                 _table("effnb-fingerprint", ["property", "value"], _fingerprint_rows(newest.provenance))]
+        text += [f"## `{hw}`", "", f"{T.count(len(mine), 'run')}; fingerprint from `{newest.name}`.", "",
+                 T.simple("effnb-fingerprint", ["property", "value"], _fingerprint_rows(newest.provenance))]
         roof_run = _latest(mine, lambda r: r.roofline is not None)
         if roof_run is None:
             text += ["No roofline was recorded on this machine yet.", ""]
             continue
         roof = roof_run.roofline
         threads = roof.get("threads")
-        cells = [_num(roof.get(k), "{:.4g}") for k in ROOF_KEYS] + [_e(threads if threads is not None else "-")]
+        cells = [T.num(roof.get(k), 4) for k in ROOF_KEYS] + [_e(threads if threads is not None else "-")]
         text += [f"Roofline from `{roof_run.name}`:", "",
-                 _table("effnb-roofline", ["read GB/s", "copy GB/s", "triad GB/s", "peak GFLOP/s", "threads"],
-                        [({"class": "effnb-roof"}, cells)])]
+                 T.simple("effnb-roofline", ["read GB/s", "copy GB/s", "triad GB/s", "peak GFLOP/s", "threads"],
+                          [({"class": "effnb-roof"}, cells)])]
         name = f"roofline-{_slug(hw)}.png"
         images[name] = roofline_png(roof, hw)
-        text += [f"![Roofline of {hw}]({name})", ""]
+        caption, alt = _roofline_caption(roof, hw)
+        text += [f":::{{figure}} {name}", f":alt: {alt}", f":name: fig-roofline-{_slug(hw)}", "",
+                 caption, ":::", ""]
     return "\n".join(text), images
 
 
@@ -413,41 +357,92 @@ def _build_versions() -> list[tuple[str, str]]:
     return out
 
 
-def status_page(runs: list[Run], hardware_id: str) -> str:
-    rows = []
+def _status_cell(r: Run) -> str:
+    status = _e(r.status)
+    if r.ok:
+        return status
+    err = r.info.get("error")
+    cell = r.info.get("failed_cell")
+    if isinstance(cell, dict):  # the runner's {index, execution_count, first_line}
+        cell = f"{cell.get('index', '?')}" + (f" ({cell['first_line']})" if cell.get("first_line") else "")
+    detail = (f" in cell {cell}" if cell not in (None, "") else "") + (f": {err}" if err else "")
+    return f'<b class="effnb-failed">{status}</b>{_e(detail[:300])}'
+
+
+def _status_table(runs: list[Run]) -> str:
+    """One machine's runs: chapter, preset, status, run time (with a bar against the longest), finished, commit."""
+    longest = max((r.elapsed_s or 0 for r in runs), default=0) or 1
+    commits, cells_time = [], []
     for r in runs:
         git = r.provenance.get("git") or {}
-        commit = (git.get("commit") or "")[:10] or "-"
-        if git.get("dirty"):
-            commit += " (dirty)"
-        status = _e(r.status)
-        if not r.ok:
-            err = r.info.get("error")
-            cell = r.info.get("failed_cell")
-            if isinstance(cell, dict):  # the runner's {index, execution_count, first_line}
-                cell = f"{cell.get('index', '?')}" + (f" ({cell['first_line']})" if cell.get("first_line") else "")
-            detail = (f" in cell {cell}" if cell not in (None, "") else "") + (f": {err}" if err else "")
-            status = f'<b style="color:#a00">{status}</b>{_e(detail[:300])}'
-        elapsed = f"{r.elapsed_s:.1f}" if r.elapsed_s is not None else "-"
-        rows.append(({"class": "effnb-run", "id": "run-" + _slug(f"{r.hardware_id}-{r.name}"), "data-status": r.status},
-                     [_e(r.chapter), _e(r.title), f"<code>{_e(r.hardware_id)}</code>", _e(r.preset),
-                      _e(r.overrides_text or "-"), status, elapsed, _nowrap(_when(r.finished)), f"<code>{_e(commit)}</code>"]))
-    text = ["# Run status", "",
-            "Every run in `book/runs/`, from every machine. A failed run keeps its partial notebook and "
-            "names the cell that failed; its chapter page falls back to another run.", ""]
-    if rows:
+        commits.append(((git.get("commit") or "")[:10] or "-") + (" (dirty)" if git.get("dirty") else ""))
+        t = r.elapsed_s
+        bar = (f'<span class="effnb-bar" style="width:{max(2, round(100 * t / longest))}%"></span>'
+               if t is not None else "")
+        cells_time.append(T.nowrap(_e(T.seconds(t) if t is not None else "-")) + bar)
+    presets = [r.preset for r in runs]
+    overrides = [r.overrides_text or "-" for r in runs]
+    cols = [T.Column("chapter", [_e(f"{r.chapter} \u00b7 {r.title}" if r.title else r.chapter) for r in runs],
+                     [r.chapter for r in runs], cls="effnb-text"),
+            T.Column("preset", [_e(p) for p in presets], presets, fold=True),
+            T.Column("overrides", [_e(o) for o in overrides], overrides, fold=True),
+            T.Column("status", [_status_cell(r) for r in runs], [r.status for r in runs]),
+            T.Column("run time", cells_time, [str(r.elapsed_s) for r in runs], cls="effnb-time"),
+            T.Column("finished", [T.nowrap(_e(_when(r.finished))) for r in runs], [r.finished for r in runs]),
+            T.Column("commit", [f"<code>{_e(c)}</code>" for c in commits], commits, fold=True)]
+    attrs = [{"class": "effnb-run", "id": "run-" + _slug(f"{r.hardware_id}-{r.name}"), "data-status": r.status}
+             for r in runs]
+    return T.table("effnb-status effnb-stack", cols, attrs)
+
+
+def status_page(runs: list[Run], hardware_id: str) -> str:
+    text = [WIDE_PAGE, "# Run status", "",
+            "Every run in `book/runs/`, from every machine, with the time it took, so that the cost of "
+            "each chapter in a `make book` is in plain sight. A failed run keeps its partial notebook and names the cell that failed; "
+            "its chapter page falls back to another run.", ""]
+    if runs:
         n_ok = sum(r.ok for r in runs)
-        text += [f"{len(runs)} run(s), {n_ok} ok, {len(runs) - n_ok} not ok.", "",
-                 _table("effnb-status", ["chapter", "title", "hardware id", "preset", "overrides", "status",
-                                         "elapsed (s)", "finished", "commit"], rows)]
+        machines = sorted({r.hardware_id for r in runs})
+        text += [f"{T.count(len(runs), 'run')} on {T.count(len(machines), 'machine')}: {n_ok} ok, "
+                 f"{len(runs) - n_ok} not ok.", ""]
+        for hw in machines:
+            mine = [r for r in runs if r.hardware_id == hw]
+            spent = sum(r.elapsed_s or 0 for r in mine)
+            longest = max(mine, key=lambda r: r.elapsed_s or 0)
+            most = (f"; the longest, chapter {longest.chapter} ({longest.preset}), took {T.seconds(longest.elapsed_s)}"
+                    if longest.elapsed_s else "")
+            text += [f"## `{hw}`", "", f"{T.count(len(mine), 'run')}, {T.seconds(spent)} of run time in all{most}.", "",
+                     _status_table(mine)]
     else:
         text += ["No runs yet: run `make book` to measure the chapters on this machine.", ""]
     text += ["## This build", "",
              f"The chapter pages show runs from `{hardware_id}`, the machine that built this book, "
              "with these packages:", "",
-             _table("effnb-versions", ["package", "version"],
-                    [({"class": "effnb-version"}, [_e(k), _e(v)]) for k, v in _build_versions()])]
+             T.simple("effnb-versions", ["package", "version"],
+                      [({"class": "effnb-version"}, [_e(k), _e(v)]) for k, v in _build_versions()])]
     return "\n".join(text)
+
+
+# --------------------------------------------------------------------------- landing
+def _toc_rel(toc: Path, chapters_out: Path) -> str | None:
+    try:
+        return chapters_out.resolve().relative_to(toc.resolve().parent).as_posix().rstrip("/")
+    except ValueError:
+        return None
+
+
+def chapter_pages(runs: list[Run], stems: list[str], in_toc: list[str], hardware_id: str, chapters_out: Path,
+                  out: Path, toc: Path) -> dict[str, ChapterPage]:
+    """What the ledger and the landing page link to: each chapter's docname, page and claims heading."""
+    rel = _toc_rel(toc, chapters_out)
+    link_dir = Path(os.path.relpath(chapters_out.resolve(), out.resolve())).as_posix()
+    pages = {}
+    for stem in stems:
+        run = pick_run(runs, stem, hardware_id) or next((r for r in reversed(runs) if r.stem == stem and r.title), None)
+        linked = stem in in_toc and rel is not None
+        pages[stem] = chapter_page(stem, chapters_out / f"{stem}.ipynb", f"/{rel}/{stem}" if linked else None,
+                                   f"{link_dir}/{stem}.ipynb" if linked else None, run.title if run else "")
+    return pages
 
 
 # --------------------------------------------------------------------------- main
@@ -457,9 +452,13 @@ def build(runs_dir: Path, out: Path, chapters_out: Path, notebooks: Path, toc: P
     stems = sorted({p.stem for p in notebooks.glob("*.ipynb")} | {r.stem for r in runs}
                    | set(toc_chapters(toc, chapters_out)))
     written = write_chapters(runs, hardware_id, notebooks, chapters_out, stems)
+    in_toc = toc_chapters(toc, chapters_out)
+    chapters = chapter_pages(runs, stems, in_toc, hardware_id, chapters_out, out, toc)
+    shown = {s: pick_run(runs, s, hardware_id) for s in (in_toc or stems)}
     hw_text, images = hardware_page(runs)
-    files = {out / "ledger.md": ledger_page(runs), out / "hardware.md": hw_text,
-             out / "status.md": status_page(runs, hardware_id)}
+    files = {out / "ledger.md": ledger_page(runs, chapters), out / "hardware.md": hw_text,
+             out / "status.md": status_page(runs, hardware_id),
+             out / "landing.md": landing_page(runs, shown, chapters, hardware_id)}
     files.update({out / name: data for name, data in images.items()})
     written += [p for p, content in files.items() if write_if_changed(p, content)]
     return {"runs": len(runs), "hardware": sorted({r.hardware_id for r in runs}), "chapters": stems,
@@ -470,7 +469,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="effnb pages", description="Write the book's chapter and results pages "
                                  "from the runs in book/runs/ (executes nothing).")
     ap.add_argument("--runs-dir", default="book/runs", help="runs, one folder per hardware id")
-    ap.add_argument("--out", default="book/generated", help="where the ledger, hardware and status pages go")
+    ap.add_argument("--out", default="book/generated", help="where the ledger, hardware, status and landing pages go")
     ap.add_argument("--chapters-out", default="book/chapters", help="where the chapter notebooks go")
     ap.add_argument("--notebooks", default="notebooks", help="committed notebooks (smoke outputs) to fall back on")
     ap.add_argument("--toc", default="_toc.yml", help="table of contents naming the chapter pages")
