@@ -14,6 +14,7 @@ import inspect
 import os
 import random
 import time
+from pathlib import Path
 
 from . import claims as _claims
 from . import provenance
@@ -88,6 +89,39 @@ class ChapterRun:
             except ImportError:  # the book stack is optional when exploring
                 pass
         return value
+
+    def figure(self, name: str, fig=None, *, backend: str | None = None):
+        """Show ``fig`` here and glue it as ``name`` for a numbered, captioned figure in the book.
+
+        In JupyterLab the figure shows under the cell. The book hides that copy (tag the
+        cell ``remove-output``) and places the glued one where the prose says
+        ``{glue:figure} name`` with a ``:name:`` and a caption; ``{glue:text}`name_where```
+        gives the caption the machine and the code that ran (``backend``, default the
+        chapter's kernel families).
+        """
+        import matplotlib.pyplot as plt
+        fig = plt.gcf() if fig is None else fig
+        where = f"{provenance.hardware_id()}, {backend or self._default_backend()}"
+        self.record(f"{name}_where", where)
+        try:
+            from IPython.display import display
+            from myst_nb import glue as _glue
+            display(fig)
+            _glue(name, fig, display=False)
+        except ImportError:  # outside Jupyter, or without the book stack
+            pass
+        plt.close(fig)
+        return fig
+
+    def save_table(self, name: str, df):
+        """Keep a table's every row as CSV beside the run (``book/runs/<machine>/<run>.<name>.csv``) and return
+        it: the page shows a summary and folds the rest, a reader who wants the data opens the file."""
+        path = os.environ.get(SIDECAR_ENV)
+        if path:
+            from .files import atomic_write
+            side = Path(path)
+            atomic_write(side.with_name(f"{side.name.split('.')[0]}.{name}.csv"), df.to_csv(index=False))
+        return df
 
     def use_limits(self, limits: dict) -> dict:
         """Keep the machine limits this run measured (effnb.roofline.machine): the hardware page shows them."""

@@ -336,9 +336,13 @@ def bound(flops: float, bytes: float, seconds: float, limits: dict, bandwidth: s
 
 
 def plot(limits: dict, points_df=None, ax=None, bandwidth: str = "read_gbps", title: str = "Roofline"):
-    """Log-log roofline: the memory slope, the compute roof, and each kernel as a labelled point.
+    """Log-log roofline: the memory slope and the compute roof, each named on its line, and each kernel
+    as a point.
 
-    ``points_df`` has columns ``name``, ``intensity`` (flop/byte) and ``gflops``.
+    ``points_df`` has columns ``name``, ``intensity`` (flop/byte) and ``gflops``. Two optional
+    columns keep a crowded plot readable: ``group`` (one colour and one legend entry per group) and
+    ``label`` (the text written beside a point; an empty label writes none). Without ``label`` every
+    point is labelled with its ``name``. Labels go where they overlap no other text, legend or point.
     """
     import matplotlib.pyplot as plt
 
@@ -358,27 +362,116 @@ def plot(limits: dict, points_df=None, ax=None, bandwidth: str = "read_gbps", ti
         _, ax = plt.subplots(figsize=(7, 4.5))
     x = np.geomspace(lo, hi, 200)
     ax.plot(x, np.minimum(peak, x * bw), color="k", linewidth=2)
-    ax.plot(x, x * bw, color="tab:blue", linestyle=":", linewidth=1,
-            label=f"memory: {bw:.1f} GB/s ({bandwidth.replace('_gbps', '')})")
-    ax.axhline(peak, color="tab:red", linestyle="--", linewidth=1, label=f"compute: {peak:.0f} GFLOP/s ({limits.get('peak_by', 'fp32 GEMM')})")
+    ax.plot(x, x * bw, color="tab:blue", linestyle=":", linewidth=1)
+    ax.axhline(peak, color="tab:red", linestyle="--", linewidth=1)
     ax.axvline(ridge, color="grey", linestyle=":", linewidth=0.8)
-    ax.annotate(f"ridge {ridge:.1f} flop/B", (ridge, peak), textcoords="offset points", xytext=(4, -14),
-                fontsize="small", color="grey")
-    if pts is not None:
-        for _, p in pts.iterrows():
-            ax.scatter(p["intensity"], p["gflops"], zorder=3)
-            ax.annotate(str(p["name"]), (p["intensity"], p["gflops"]), textcoords="offset points",
-                        xytext=(5, 4), fontsize="small")
+    # each roof is named on its own line, where no kernel can be: above the slope and above the flat roof
+    mem_text = ax.annotate(f"memory: {bw:.1f} GB/s ({bandwidth.replace('_gbps', '')})", (lo * 1.5, lo * 1.5 * bw),
+                           textcoords="offset points", xytext=(-4, 4), ha="left", va="bottom", fontsize="small",
+                           color="tab:blue", rotation_mode="anchor")
+    comp_text = ax.annotate(f"compute: {peak:.0f} GFLOP/s ({limits.get('peak_by', 'fp32 GEMM')})", (hi, peak),
+                            textcoords="offset points", xytext=(-4, 4), ha="right", va="bottom", fontsize="small",
+                            color="tab:red")
+    ridge_text = ax.annotate(f"ridge {ridge:.1f} flop/B", (ridge, 0.02), xycoords=ax.get_xaxis_transform(),
+                             textcoords="offset points", xytext=(-3, 0), ha="right", va="bottom", rotation=90,
+                             fontsize="small", color="grey")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_ylim(top=peak * 2)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(min([lo * bw / 1.5] + ([float(pts["gflops"].min()) / 2] if pts is not None and len(pts) else [])),
+                peak * 2)
+    _plain_log_ticks(ax)
+    groups = []
+    if pts is not None:
+        if "group" in pts.columns:
+            for name, g in pts.groupby("group", sort=False):
+                groups.append(ax.scatter(g["intensity"], g["gflops"], zorder=3, label=str(name)))
+        else:
+            for _, p in pts.iterrows():
+                ax.scatter(p["intensity"], p["gflops"], zorder=3)
     ax.set_xlabel("arithmetic intensity (flop / byte)")
     ax.set_ylabel("GFLOP/s")
     ax.set_title(f"{title} [{limits.get('hardware_id') or provenance.hardware_id()}, "
                  f"{limits.get('threads', '?')} threads]")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small", loc="lower right")
+    ax.grid(True, which="major", alpha=0.3)
+    legends = [ax.legend(handles=groups, fontsize="small", loc="upper left")] if groups else []   # no kernel there
+    _along(ax, mem_text, (lo, lo * bw), (hi, hi * bw))
+    if pts is not None:
+        texts = pts["label"] if "label" in pts.columns else pts["name"]
+        _place_labels(ax, [(float(p["intensity"]), float(p["gflops"]), str(t))
+                           for (_, p), t in zip(pts.iterrows(), texts) if isinstance(t, str) and t.strip()],
+                      avoid=[*legends, mem_text, comp_text, ridge_text],
+                      dots=list(zip(pts["intensity"], pts["gflops"])))
     return ax
+
+
+def _plain_log_ticks(ax) -> None:
+    """Ticks read at a glance: 1/4, 1, 4, 16 on x (every second power of two past ten), 1, 10, 100 on y."""
+    from fractions import Fraction
+
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    lo, hi = ax.get_xlim()
+    k0, k1 = math.ceil(math.log2(lo)), math.floor(math.log2(hi))
+    step = 2 if k1 - k0 > 10 else 1
+    ax.xaxis.set_major_locator(FixedLocator([2.0 ** k for k in range(k0 - k0 % step, k1 + 1, step) if k >= k0]))
+    ax.xaxis.set_major_formatter(FuncFormatter(
+        lambda v, _: f"{v:g}" if v >= 1 else f"1/{Fraction(v).limit_denominator(1 << 20).denominator}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _along(ax, text, a, b) -> None:
+    """Turn ``text`` to the angle the line from data point ``a`` to ``b`` has on the drawn figure."""
+    ax.figure.canvas.draw()   # the layout settles first: the angle is that of the figure as drawn
+    (x0, y0), (x1, y1) = ax.transData.transform([a, b])
+    text.set_rotation(math.degrees(math.atan2(y1 - y0, x1 - x0)))
+
+
+def _place_labels(ax, points: list[tuple[float, float, str]], avoid=(), dots=()) -> None:
+    """Write each (x, y, text) beside its point with a thin leader line, at the first of a few offsets where
+    it overlaps no label already placed, no artist in ``avoid`` (legends, the roofs' names) and no marker at
+    ``dots``, and stays inside the axes; where no offset is free, at the one that overlaps least."""
+    from matplotlib.transforms import Bbox
+    offsets = [(dx, dy, "left" if dx > 0 else "right", "bottom" if dy > 0 else "top")
+               for dx, dy in ((6, 4), (6, -4), (-6, 4), (-6, -4), (8, 14), (8, -14), (-8, 14), (-8, -14))]
+    try:
+        ax.figure.canvas.draw()   # the layout settles first: boxes measured now stay where they are drawn
+        renderer = ax.figure.canvas.get_renderer()
+        frame = ax.get_window_extent(renderer)
+        placed = [a.get_window_extent(renderer) for a in avoid] + [
+            Bbox.from_extents(x - 4, y - 4, x + 4, y + 4) for x, y in ax.transData.transform(np.reshape(dots, (-1, 2)))]
+    except AttributeError:       # a canvas that cannot measure text: the first offset for every label
+        renderer = None
+
+    def cost(box) -> float:
+        if renderer is None:
+            return 0.0
+        out = sum(max(0.0, e) for e in (frame.x0 - box.x0, box.x1 - frame.x1, frame.y0 - box.y0, box.y1 - frame.y1))
+        return 1e3 * out + sum(max(0.0, min(box.x1, b.x1) - max(box.x0, b.x0))
+                               * max(0.0, min(box.y1, b.y1) - max(box.y0, b.y0)) for b in placed)
+
+    for x, y, text in points:
+        best = None
+        for dx, dy, ha, va in offsets:
+            t = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
+                            fontsize="small", arrowprops=_LEADER)
+            box = t.get_window_extent(renderer) if renderer is not None else None
+            c = cost(box)
+            if best is not None and c >= best[0]:
+                t.remove()
+                continue
+            if best is not None:
+                best[1].remove()
+            best = (c, t, box)
+            if c == 0:
+                break
+        if renderer is not None:
+            placed.append(best[2])
+
+
+_LEADER = {"arrowstyle": "-", "color": "grey", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 3}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,21 @@ def test_chapter_copy_keeps_outputs_and_adds_a_provenance_note(tree):
     assert glued and glued[0]["data"]["application/papermill.record/text/plain"] == "3.5"
 
 
+def test_one_parameter_table_replaces_the_defaults_and_the_injected_cell():
+    from effnb.runner.runparams import with_one_parameter_table
+    code = lambda src, tags: {"cell_type": "code", "metadata": {"tags": tags}, "source": src, "outputs": []}
+    nb = {"nbformat": 4, "nbformat_minor": 5, "cells": [
+        {"cell_type": "markdown", "metadata": {}, "source": "# T"},
+        code("repeats: int = 3  # timed samples\nsizes: list = [1, 2]  # vector lengths\n", ["parameters"]),
+        code("# Parameters\nrepeats = 7\n", ["injected-parameters"]),
+        code("print(repeats)", [])]}
+    cells = with_one_parameter_table(nb)["cells"]
+    assert [c["cell_type"] for c in cells] == ["markdown", "markdown", "code"]
+    table = cells[1]["source"]
+    assert "| `repeats` | `7` * | timed samples |" in table and "| `sizes` | `[1, 2]` | vector lengths |" in table
+    assert "differ from the notebook's defaults" in table
+
+
 def test_falls_back_to_committed_smoke_notebook_with_a_warning(tree):
     (tree / "notebooks" / f"{bf.STEM}.ipynb").write_text(json.dumps(bf.notebook(9.0)))
     b = tree / "book"

@@ -95,9 +95,66 @@ def problems(nb: dict, spec: dict | None) -> list[str]:
             out.append(f"cell {i} carries papermill metadata")
     if "papermill" in nb.get("metadata", {}):
         out.append("notebook metadata has a papermill section (commit the source, not a run)")
+    out += plumbing_shown(cells)
     kernel = nb.get("metadata", {}).get("kernelspec", {}).get("name")
     if kernel != "python3":
         out.append(f"kernelspec is {kernel!r}, not 'python3'")
+    return out
+
+
+def _bookkeeping_only(src: str) -> bool:
+    """Every statement is a ``ch.record(...)`` or ``ch.finish()`` call: nothing a reader needs to see."""
+    try:
+        body = ast.parse(src).body
+    except SyntaxError:
+        return False
+    return bool(body) and all(isinstance(s, ast.Expr) and isinstance(s.value, ast.Call)
+                              and isinstance(s.value.func, ast.Attribute) and isinstance(s.value.func.value, ast.Name)
+                              and s.value.func.value.id == "ch" and s.value.func.attr in ("record", "finish")
+                              for s in body)
+
+
+def plumbing_shown(cells: list) -> list[str]:
+    """The book hides plumbing with cell tags: nbval markers are tags, not comments; the set-up cell and
+    cells heavy with bookkeeping (claims checks, three or more ``ch.record``) fold their code
+    (``hide-input``); a cell of bookkeeping alone is removed (``remove-cell``)."""
+    out = []
+    for i, c in enumerate(cells):
+        if c.get("cell_type") != "code":
+            continue
+        src, t = source(c), set(tags(c))
+        if re.search(r"^\s*#\s*NBVAL_", src, re.M):
+            out.append(f"cell {i}: an nbval comment marker shows on the page; tag the cell `nbval-check-output` instead")
+        if _bookkeeping_only(src):
+            if "remove-cell" not in t:
+                out.append(f"cell {i} only records results: tag it `remove-cell`")
+        elif ("effnb.chapter.start" in src or "ch.claims.check(" in src or src.count("ch.record(") >= 3) \
+                and not t & {"hide-input", "remove-input", "remove-cell"}:
+            out.append(f"cell {i} is set-up or bookkeeping code: tag it `hide-input`")
+    return out + figures_uncaptioned(cells)
+
+
+def figures_uncaptioned(cells: list) -> list[str]:
+    """Every figure on a page is numbered and captioned: drawn with ``ch.figure(name)`` (the cell's own
+    copy removed with ``remove-output``) and placed by a ``{glue:figure} name`` directive with a ``:name:``."""
+    out, glued = [], []
+    for i, c in enumerate(cells):
+        for o in c.get("outputs", []):
+            data, meta = o.get("data", {}), o.get("metadata", {})
+            if "scrapbook" in meta:
+                if any(k.endswith("image/png") or k.endswith("image/svg+xml") for k in data):
+                    glued.append(meta["scrapbook"].get("name"))
+            elif ("image/png" in data or "image/svg+xml" in data) and \
+                    not set(tags(c)) & {"remove-output", "remove-cell"}:
+                out.append(f"cell {i} shows a bare figure: draw it with ch.figure(name), tag the cell "
+                           "`remove-output`, and place it with a captioned {glue:figure} directive")
+    prose = "\n".join(source(c) for c in cells if c.get("cell_type") == "markdown")
+    for name in glued:
+        m = re.search(r"```\{glue:figure\}\s+" + re.escape(str(name)) + r"\s*\n(.*?)```", prose, re.S)
+        if not m:
+            out.append(f"figure {name!r} is glued but no {{glue:figure}} {name} directive places it")
+        elif ":name:" not in m.group(1) or not re.sub(r"^:.*$", "", m.group(1), flags=re.M).strip():
+            out.append(f"figure {name!r} needs a :name: (for its number and cross-references) and a caption")
     return out
 
 
@@ -205,3 +262,36 @@ def _broken(mutate):
 def test_checks_catch_broken_notebooks(mutate, expected):
     found = _broken(mutate)
     assert any(expected in f for f in found), found
+
+
+@pytest.mark.parametrize("src, cell_tags, expected", [
+    ("# NBVAL_CHECK_OUTPUT\nprint(1)", ["nbval-check-output"], "nbval comment marker"),
+    ("ch.record('a', 1)\nch.record('b', 2);", [], "tag it `remove-cell`"),
+    ("ch = effnb.chapter.start('01')", [], "tag it `hide-input`"),
+    ("ch.claims.check('x', paper='p', statement='s', quoted='q', measured=1, target=('>=', 1))\nch.claims", [],
+     "tag it `hide-input`"),
+])
+def test_plumbing_checks_bite(src, cell_tags, expected):
+    cell = {"cell_type": "code", "metadata": {"tags": cell_tags}, "source": src, "outputs": []}
+    assert any(expected in f for f in plumbing_shown([cell]))
+
+
+def test_plumbing_checks_pass_tagged_cells():
+    cells = [{"cell_type": "code", "metadata": {"tags": ["remove-cell"]}, "source": "ch.finish();"},
+             {"cell_type": "code", "metadata": {"tags": ["hide-input"]}, "source": "ch = effnb.chapter.start('01')"},
+             {"cell_type": "code", "metadata": {"tags": ["nbval-check-output"]}, "source": "print(1)"}]
+    assert plumbing_shown(cells) == []
+
+
+def test_figure_checks_bite():
+    bare = {"cell_type": "code", "metadata": {}, "source": "plt.show()",
+            "outputs": [{"output_type": "display_data", "data": {"image/png": "x"}, "metadata": {}}]}
+    assert any("bare figure" in f for f in figures_uncaptioned([bare]))
+    glued = {"cell_type": "code", "metadata": {"tags": ["remove-output"]}, "source": "ch.figure('fig_a')",
+             "outputs": [bare["outputs"][0], {"output_type": "display_data", "metadata": {"scrapbook": {"name": "fig_a"}},
+                                              "data": {"application/papermill.record/image/png": "x"}}]}
+    assert any("no {glue:figure} fig_a" in f for f in figures_uncaptioned([glued]))
+    placed = {"cell_type": "markdown", "source": "```{glue:figure} fig_a\n:name: fig-a\n\nWhat it shows.\n```"}
+    assert figures_uncaptioned([glued, placed]) == []
+    uncaptioned = {"cell_type": "markdown", "source": "```{glue:figure} fig_a\n:name: fig-a\n```"}
+    assert any("caption" in f for f in figures_uncaptioned([glued, uncaptioned]))

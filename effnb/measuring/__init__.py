@@ -14,17 +14,17 @@
   C++ kernels (family ``fused``) and their race.
 * :mod:`.autotune`: the fused kernel's configuration space, measured
   exhaustively, and searched with a surrogate (Bayesian optimisation) and at random.
-* :mod:`.plots`: the chapter's figures.
+* :mod:`.plots`: the chapter's figures; :mod:`.tables`: its tables, with units, as the page shows them.
 """
 from ..models.tiny_decoder import flops_per_token, generate, generate_nocache, tiny_decoder
-from . import autotune, ops
+from . import autotune, ops, tables
 from .block import MOBILENET_V2, IRBlock, block_counts, eager, make_block, parse, reference, reference_nhwc
 from .counts import FP32, conv2d_counts, gemm_counts, gemv_counts, triad_counts
 from .fusion import (block_benchmark, cache_sizes, compare_phrase, default_tile_rows, fusion_finding, fusion_table,
                      fusion_trend, fusion_validity, race_points, stack_gain)
 from .guards import (Contention, caveat, combine, conv_validity, dw_phrase, finding, gemm_trend, generation_validity,
                      over_roof, series_validity, settle_roofs)
-from .plots import plot_fusion, plot_roofline, plot_runtime_fit, plot_search
+from .plots import plot_fusion, plot_race, plot_roofline, plot_runtime_fit, plot_search
 from .runtime_model import RuntimeModel, fit_finding, fit_runtime, length_grid, mape, measure_generation
 from .workloads import (Workload, conv, conv_benchmark, conv_pairs, depthwise_fraction, gemm, gemv,
                         measure_workloads, place, suite, torch_backend, triad)
@@ -44,5 +44,5 @@ __all__ = [
     "MOBILENET_V2", "IRBlock", "parse", "make_block", "reference", "reference_nhwc", "eager", "block_counts", "ops",
     "block_benchmark", "default_tile_rows", "fusion_table", "stack_gain", "fusion_validity", "compare_phrase",
     "fusion_finding", "fusion_trend", "race_points", "cache_sizes", "autotune",
-    # figures
-    "plot_roofline", "plot_runtime_fit", "plot_fusion", "plot_search"]
+    # figures and tables
+    "plot_roofline", "plot_runtime_fit", "plot_race", "plot_fusion", "plot_search", "tables"]

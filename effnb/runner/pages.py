@@ -27,6 +27,7 @@ from ..sidecar import Sidecar
 from . import tables as T
 from .landing import landing_page
 from .ledger import WIDE_PAGE, ChapterPage, chapter_page, ledger_page  # noqa: F401  (ledger_page: public)
+from .runparams import with_one_parameter_table
 
 NOTE_CELL_ID = "effnb-provenance-note"
 VERSION_DISTS = ("jupyter-book", "sphinx", "myst-nb", "papermill", "torch", "numpy", "numba", "pandas",
@@ -159,7 +160,7 @@ def _note_cell(text: str) -> dict:
 
 def _with_note(nb_text: str, note: str) -> str:
     """The notebook with a note cell first; everything else kept as it is (glue outputs included)."""
-    nb = json.loads(nb_text)
+    nb = with_one_parameter_table(json.loads(nb_text))
     cells = [c for c in nb.get("cells", []) if c.get("id") != NOTE_CELL_ID]
     cell = _note_cell(note)
     if (nb.get("nbformat"), nb.get("nbformat_minor", 0)) < (4, 5):

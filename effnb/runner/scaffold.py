@@ -126,7 +126,7 @@ def _notebook(nn: str, slug: str, title: str) -> str:
               "sizes: list = [4194304, 16777216]  # elements of the cold fp32 vectors", tags=["parameters"]),
         _code(f"import matplotlib.pyplot as plt\nimport torch\n\nimport effnb.chapter\n"
               f"from effnb import {slug} as D\nfrom effnb import roofline, show\n\n"
-              f"ch = effnb.chapter.start(\"{nn}\")\nprint(\"kernels:\", D.backend())"),
+              f"ch = effnb.chapter.start(\"{nn}\")\nprint(\"kernels:\", D.backend())", tags=["hide-input"]),
         _md("## The kernel\n\nThe C++ kernel next to its plain reference; the schema is declared once in "
             f"`effnb/{slug}/ops.py`."),
         _code(f"show.show_file(\"kernels/{slug}/{slug}.cpp\", \"at::Tensor {slug}_scale\", \"}}\")"),
@@ -144,10 +144,10 @@ def _notebook(nn: str, slug: str, title: str) -> str:
             "the fastest peer at the worst size."),
         _code("ch.claims.check(\"speed\", paper=\"(the seed paper)\", statement=\"the kernel beats the fastest peer\",\n"
               "                quoted=\"-\", measured=ch.results[\"vs_fastest_peer\"], target=(\">=\", 1.0), unit=\"x\")\n"
-              "ch.claims"),
+              "ch.claims", tags=["hide-input"]),
         _md("## Summary\n\n- (what the measurements showed)\n\n## Exercises\n\n1. (an exercise)\n\n"
             "## What is not done\n\n- (each catalogue item this chapter skips, with the reason)"),
-        _code("ch.finish();"),
+        _code("ch.finish();", tags=["remove-cell"]),
     ]
     nb = {"cells": cells, "metadata": {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
                                                       "name": "python3"},
