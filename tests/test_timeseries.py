@@ -34,13 +34,16 @@ def test_rocket_matches_reference(seed, n, c, length, k):
 
 
 @FAST
-@given(seed=st.integers(0, 10_000), c=st.integers(1, 3), length=st.integers(9, 45), per=st.integers(1, 3))
-def test_minirocket_matches_reference(seed, c, length, per):
-    Xtr, Xte = panel(seed, 4, c, length), panel(seed + 1, 2, c, length)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 19), c=st.integers(1, 3), length=st.integers(9, 45),
+       per=st.integers(1, 9))
+def test_minirocket_matches_reference(seed, n, c, length, per):
+    # n spans partial and several blocks of series (W lanes); per, with few dilations on short series, gives every
+    # count path: 1, 2, 3 or 4 biases counted while convolving, and more counted from the stored output
+    Xtr, Xte = panel(seed, 4, c, length), panel(seed + 1, n, c, length)
     m = T.MiniRocket(num_features=84 * per, random_state=seed).fit(Xtr)
     got = m.transform(Xte)
     want = R.minirocket_features(Xte, m)
-    assert got.shape == want.shape == (2, m.n_features_out_)
+    assert got.shape == want.shape == (n, m.n_features_out_)
     # every feature: float32 against float64 may flip an output sitting on its bias, one position at most
     positions = R.minirocket_positions(m, length)
     assert np.all(np.abs(got - want) <= 1.0 / positions + 1e-6)
@@ -48,6 +51,20 @@ def test_minirocket_matches_reference(seed, c, length, per):
     assert m.bias_series_.shape == (len(m.dilations_) * 84,) and m.bias_series_.max() < len(Xtr)
     np.testing.assert_allclose(m.biases_, R.minirocket_biases(Xtr, m), rtol=1e-5, atol=1e-4)
     assert 0.0 <= m.transform(Xtr).min() and m.transform(Xtr).max() <= 1.0
+
+
+@pytest.mark.parametrize("c, length, features", [(1, 64, 10_000), (1, 300, 1000), (3, 40, 2000)])
+def test_minirocket_parallel_equals_one_thread(c, length, features, monkeypatch):
+    """The parallel region (chunks of work items per thread) and the one-thread call give the same bits."""
+    from effnb.timeseries import minirocket
+    X = panel(3, 21, c, length)
+    m = T.MiniRocket(num_features=features, random_state=0, n_jobs=1).fit(X)
+    one = m.transform(X)
+    monkeypatch.setattr(minirocket, "PARALLEL_MIN_WORK", 0)   # even this small call takes the parallel path
+    m.n_jobs = 2
+    np.testing.assert_array_equal(m.transform(X), one)
+    positions = R.minirocket_positions(m, length)
+    assert np.all(np.abs(one[:2] - R.minirocket_features(X[:2], m)) <= 1.0 / positions + 1e-6)
 
 
 def test_minirocket_dilations_and_feature_count():

@@ -1,18 +1,28 @@
 """MiniRocket (Dempster et al. 2021): 84 fixed two-valued kernels, PPV against quantile biases.
 
 Every kernel's output is A + 3 (x_a + x_b + x_c) with A = -(sum of the nine
-taps) shared by all 84; we also precompute the 36 pair sums
-Q_ab = A + 3 (x_a + x_b), so a kernel costs one add per point on top of them.
-PPV against each bias is a vectorised compare-and-count.
+taps) shared by all 84. ``fit`` convolves one training series per (dilation,
+kernel) and takes quantiles of the output as biases; it precomputes the 36
+pair sums Q_ab = A + 3 (x_a + x_b) (``_mini_pairs``, ``_mini_conv``).
+``transform`` is one fused kernel (``_mini_chunk``): for a block of series and
+a dilation it computes A once, then for each of the 84 kernels the output,
+counted against the kernel's biases as it is computed (up to four of them;
+more in passes of four over the stored output), with the series in the lanes
+of a vector (see the comment above ``W``) and every buffer allocated once per
+thread.
 """
 from __future__ import annotations
 
 import itertools
+import operator
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, models, overload, register_model
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from .inputs import _n_threads as n_threads
 from .inputs import as_panel, check_fitted, check_shape, numba_threads
 
 MINI_LENGTH = 9
@@ -78,39 +88,290 @@ def _pair_index() -> np.ndarray:
 MINI_PAIR = _pair_index()
 
 
-@njit(cache=True, fastmath=True, parallel=True)
-def _mini_transform(X, dils, nfpd, biases, combos, pair_of, nchs, c_off, chans, n_features):
+# ---------------------------------------------------------------- the transform: series in vector lanes
+#
+# Counting PPV is most of the work: one compare per bias and output point
+# (10,000 features x the series length). Vectorised over time, as LLVM does
+# with a plain loop, every (kernel, bias) ends with a sum across the vector's
+# lanes and a scalar tail for the last few points, which for short series
+# (24 points) costs more than the compares. So the transform puts W series
+# side by side in the lanes of one vector, one vector per time step
+# (``xT[c, t] = X[s0:s0 + W, c, t]``): a kernel's output at time t is
+# A + 3 (x_a + x_b + x_e) for W series at once, and the PPV count of a bias is
+# W integer counters in one register (a compare and a subtract per time step;
+# no sum across lanes, no tail, the same code for 24 points or 1024). Numba
+# finds no such loop by itself (it vectorises only an innermost loop over
+# contiguous elements, and keeps counters in registers only as scalars), so a
+# few intrinsics hand it LLVM's vector types: 8 lanes of float32 is one
+# 256-bit register (AVX2 and AVX-512 alike; two 128-bit ones on SSE-only CPUs).
+
+W = 8                      # series per vector
+PARALLEL_MIN_WORK = 2e7    # flops_per_series x series (about half a millisecond of one thread's work) below which
+#                            a call runs on one thread: a parallel region costs tens of microseconds to start, and
+#                            a time slice (milliseconds) whenever one of its threads waits for a core held elsewhere
+_NEVER = np.float32(np.finfo(np.float32).max)   # a bias no output exceeds: fills a pass of four past the last bias
+_f32x8_ir = ir.VectorType(ir.FloatType(), W)
+_i32x8_ir = ir.VectorType(ir.IntType(32), W)
+
+
+class _Lanes(types.Type):
+    """W lanes of float32 (a kernel's output) or int32 (PPV counters) held in one register."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        super().__init__(name=f"{kind}x{W}")
+
+
+f32x8, i32x8 = _Lanes("f32"), _Lanes("i32")
+
+
+@register_model(_Lanes)
+class _LanesModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _f32x8_ir if fe_type.kind == "f32" else _i32x8_ir)
+
+
+def _lanes_ptr(context, builder, arrty, arr, i):
+    data = context.make_array(arrty)(context, builder, arr).data
+    return builder.bitcast(builder.gep(data, [i]), (_f32x8_ir if arrty.dtype == types.float32 else _i32x8_ir)
+                           .as_pointer())
+
+
+@intrinsic
+def _load(typingctx, arr, i):
+    """arr[i:i+W] (a float32 or int32 array) as one vector."""
+    def codegen(context, builder, sig, args):
+        return builder.load(_lanes_ptr(context, builder, sig.args[0], *args), align=4)
+    return (f32x8 if arr.dtype == types.float32 else i32x8)(arr, types.intp), codegen
+
+
+@intrinsic
+def _store(typingctx, arr, i, v):
+    """arr[i:i+W] = v"""
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _lanes_ptr(context, builder, sig.args[0], args[0], args[1]), align=4)
+        return context.get_dummy_value()
+    return types.void(arr, types.intp, v), codegen
+
+
+@intrinsic
+def _splat(typingctx, x):
+    """x in every lane (float32)."""
+    def codegen(context, builder, sig, args):
+        s = context.cast(builder, args[0], sig.args[0], types.float32)
+        v = builder.insert_element(ir.Constant(_f32x8_ir, ir.Undefined), s, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), W), [0] * W))
+    return f32x8(x), codegen
+
+
+@intrinsic
+def _zeros(typingctx):
+    """W counters at zero."""
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_i32x8_ir, [0] * W)
+    return i32x8(), codegen
+
+
+@intrinsic
+def _count(typingctx, n, v, b):
+    """n + (v > b), lane by lane: the comparison's all-ones mask is -1, so n - mask. Integer counters
+    leave the float adders to the convolution."""
+    def codegen(context, builder, sig, args):
+        n, v, b = args
+        return builder.sub(n, builder.sext(builder.fcmp_ordered(">", v, b), _i32x8_ir))
+    return i32x8(n, v, b), codegen
+
+
+@intrinsic
+def _share(typingctx, n, m):
+    """n / m per lane, divided in float64 and rounded to float32: the proportion of positive values."""
+    def codegen(context, builder, sig, args):
+        f64x8 = ir.VectorType(ir.DoubleType(), W)
+        m = context.cast(builder, args[1], sig.args[1], types.float64)
+        mv = builder.insert_element(ir.Constant(f64x8, ir.Undefined), m, ir.Constant(ir.IntType(32), 0))
+        mv = builder.shuffle_vector(mv, mv, ir.Constant(ir.VectorType(ir.IntType(32), W), [0] * W))
+        return builder.fptrunc(builder.fdiv(builder.sitofp(args[0], f64x8), mv), _f32x8_ir)
+    return f32x8(n, m), codegen
+
+
+def _lanes_op(name):
+    @intrinsic
+    def op(typingctx, a, b):
+        def codegen(context, builder, sig, args):
+            return getattr(builder, name)(*args, flags=("fast",))
+        return f32x8(a, b), codegen
+    return op
+
+
+_vadd, _vsub, _vmul = _lanes_op("fadd"), _lanes_op("fsub"), _lanes_op("fmul")
+
+
+def _on_lanes(fn):
+    def typer(a, b):
+        if a is f32x8 and b is f32x8:
+            return lambda a, b: fn(a, b)
+    return typer
+
+
+overload(operator.add)(_on_lanes(_vadd))
+overload(operator.sub)(_on_lanes(_vsub))
+overload(operator.mul)(_on_lanes(_vmul))
+
+
+@njit(fastmath=True, inline="always")
+def _conv_at(AT, xT, a0, ia, ib, ie, t):
+    """One channel's kernel output at time t for W series: A + 3 (x_a + x_b + x_e) (offsets of the taps' rows)."""
+    tw = t * W
+    return _load(AT, a0 + tw) + _splat(3.0) * (_load(xT, ia + tw) + _load(xT, ib + tw) + _load(xT, ie + tw))
+
+
+@njit(fastmath=True, inline="always")
+def _bias(biases, f, q, nf):
+    """Bias q of the kernel's nf (which start at feature f), in every lane; past nf one no output exceeds."""
+    return _splat(biases[f + q] if q < nf else _NEVER)
+
+
+@njit(fastmath=True, inline="always")
+def _ppv_conv1(AT, xT, a0, ia, ib, ie, lo, hi, biases, f, cnt):
+    """One bias, counted while the output is computed (the output is never stored); counters to cnt[0:W]."""
+    b0, n0 = _splat(biases[f]), _zeros()
+    for t in range(lo, hi):
+        n0 = _count(n0, _conv_at(AT, xT, a0, ia, ib, ie, t), b0)
+    _store(cnt, 0, n0)
+
+
+@njit(fastmath=True, inline="always")
+def _ppv_conv2(AT, xT, a0, ia, ib, ie, lo, hi, biases, f, cnt):
+    """Two biases, counted while the output is computed."""
+    b0, b1 = _splat(biases[f]), _splat(biases[f + 1])
+    n0, n1 = _zeros(), _zeros()
+    for t in range(lo, hi):
+        v = _conv_at(AT, xT, a0, ia, ib, ie, t)
+        n0, n1 = _count(n0, v, b0), _count(n1, v, b1)
+    _store(cnt, 0, n0)
+    _store(cnt, W, n1)
+
+
+@njit(fastmath=True, inline="always")
+def _ppv_conv3(AT, xT, a0, ia, ib, ie, lo, hi, biases, f, cnt):
+    """Three biases, counted while the output is computed."""
+    b0, b1, b2 = _splat(biases[f]), _splat(biases[f + 1]), _splat(biases[f + 2])
+    n0, n1, n2 = _zeros(), _zeros(), _zeros()
+    for t in range(lo, hi):
+        v = _conv_at(AT, xT, a0, ia, ib, ie, t)
+        n0, n1, n2 = _count(n0, v, b0), _count(n1, v, b1), _count(n2, v, b2)
+    _store(cnt, 0, n0)
+    _store(cnt, W, n1)
+    _store(cnt, 2 * W, n2)
+
+
+@njit(fastmath=True, inline="always")
+def _ppv_conv4(AT, xT, a0, ia, ib, ie, lo, hi, biases, f, cnt):
+    """Four biases, counted while the output is computed."""
+    b0, b1, b2, b3 = _splat(biases[f]), _splat(biases[f + 1]), _splat(biases[f + 2]), _splat(biases[f + 3])
+    n0, n1, n2, n3 = _zeros(), _zeros(), _zeros(), _zeros()
+    for t in range(lo, hi):
+        v = _conv_at(AT, xT, a0, ia, ib, ie, t)
+        n0, n1, n2, n3 = _count(n0, v, b0), _count(n1, v, b1), _count(n2, v, b2), _count(n3, v, b3)
+    _store(cnt, 0, n0)
+    _store(cnt, W, n1)
+    _store(cnt, 2 * W, n2)
+    _store(cnt, 3 * W, n3)
+
+
+@njit(fastmath=True, inline="always")
+def _ppv_buf4(buf, lo, hi, biases, f, q, nf, cnt):
+    """Biases q..q+3 of the kernel against its stored output buf[t] (t in [lo, hi)), one pass."""
+    b0, b1, b2, b3 = _bias(biases, f, q, nf), _bias(biases, f, q + 1, nf), _bias(biases, f, q + 2, nf), \
+        _bias(biases, f, q + 3, nf)
+    n0, n1, n2, n3 = _zeros(), _zeros(), _zeros(), _zeros()
+    for t in range(lo, hi):
+        v = _load(buf, t * W)
+        n0, n1, n2, n3 = _count(n0, v, b0), _count(n1, v, b1), _count(n2, v, b2), _count(n3, v, b3)
+    _store(cnt, q * W, n0)
+    _store(cnt, (q + 1) * W, n1)
+    _store(cnt, (q + 2) * W, n2)
+    _store(cnt, (q + 3) * W, n3)
+
+
+@njit(cache=True, fastmath=True)
+def _mini_chunk(X, out, dils, nfpd, foff, biases, combos, nchs, c_off, chans, chunk, n_chunks):
+    """This chunk's share of the (dilation, block of W series) work items, every n_chunks-th of them in
+    dilation-major order (so each chunk gets a mix of cheap and costly dilations); every buffer is allocated
+    once here and reused by all of them."""
     n, C, L = X.shape
-    out = np.empty((n, n_features), dtype=np.float32)
-    maxd = 1
-    for di in range(dils.shape[0]):
-        maxd = max(maxd, dils[di])
-    for i in prange(n):
-        xp = np.empty((C, L + 8 * maxd), dtype=np.float32)
-        A = np.empty((C, L), dtype=np.float32)
-        Q = np.empty((C, 36, L), dtype=np.float32)
-        buf = np.empty(L, dtype=np.float32)
-        f = 0
-        for di in range(dils.shape[0]):
-            d = dils[di]
-            _mini_prep(X[i], d, xp, A)
-            _mini_pairs(xp, A, d, L, Q)
-            pad = 4 * d
-            for k in range(combos.shape[0]):
-                pair = di * combos.shape[0] + k
-                _mini_conv(xp, Q, d, pair_of[k], combos[k, 2], chans, c_off[pair], nchs[pair], L, buf)
-                lo, hi = 0, L
-                if (di + k) % 2 == 1:          # every other kernel: PPV over the unpadded part only
-                    lo, hi = pad, L - pad
-                seg = buf[lo:hi]
-                for q in range(nfpd[di]):
-                    bq = biases[f]
-                    cnt = np.float32(0.0)          # a float count vectorises (an int one does not, here)
-                    for t in range(hi - lo):
-                        cnt += np.float32(1.0) if seg[t] > bq else np.float32(0.0)
-                    out[i, f] = cnt / (hi - lo)
-                    f += 1
-    return out
+    ndil = dils.shape[0]
+    maxd, maxnf = 1, 1
+    for di in range(ndil):
+        maxd, maxnf = max(maxd, dils[di]), max(maxnf, nfpd[di])
+    P = 4 * maxd                         # zero padding on both sides of every channel's row
+    LX = L + 2 * P
+    nblk = (n + W - 1) // W
+    xT = np.zeros(C * LX * W, dtype=np.float32)   # the block, time-major: xT[((c * LX) + P + t) * W + lane]
+    AT = np.empty(C * L * W, dtype=np.float32)    # A = -(sum of the nine taps), per channel
+    buf = np.empty(L * W, dtype=np.float32)       # a kernel's output, when it is counted in several passes
+    cnt = np.empty((maxnf + 3) * W, dtype=np.int32)   # a kernel's counters, bias by bias
+    ppv = np.empty(W, dtype=np.float32)
+    blk_now = -1
+    for item in range(ndil * nblk):
+        blk, di = item // ndil, item % ndil          # block by block: each block is transposed once
+        if (di * nblk + blk) % n_chunks != chunk:    # this chunk's share, dilations spread over the chunks
+            continue
+        s0 = blk * W
+        ns = min(W, n - s0)
+        if blk != blk_now:
+            for c in range(C):
+                for t in range(L):
+                    o = (c * LX + P + t) * W
+                    for lane in range(W):
+                        xT[o + lane] = X[s0 + lane, c, t] if lane < ns else 0.0
+            blk_now = blk
+        d = dils[di]
+        for c in range(C):
+            for t in range(L):
+                a = _load(xT, (c * LX + P + t - 4 * d) * W)
+                for j in range(1, MINI_LENGTH):
+                    a = a + _load(xT, (c * LX + P + t + (j - 4) * d) * W)
+                _store(AT, (c * L + t) * W, _splat(0.0) - a)
+        nf = nfpd[di]
+        for k in range(len(combos)):
+            pair = di * len(combos) + k
+            lo, hi = 0, L
+            if (di + k) % 2 == 1:        # every other kernel: PPV over the unpadded part only
+                lo, hi = 4 * d, L - 4 * d
+            f = foff[di] + k * nf
+            ta, tb, te = (combos[k, 0] - 4) * d, (combos[k, 1] - 4) * d, (combos[k, 2] - 4) * d   # tap offsets
+            if nchs[pair] == 1 and nf <= 4:              # count while convolving
+                c = chans[c_off[pair]]
+                a0, ia, ib, ie = c * L * W, (c * LX + P + ta) * W, (c * LX + P + tb) * W, (c * LX + P + te) * W
+                if nf == 1:
+                    _ppv_conv1(AT, xT, a0, ia, ib, ie, lo, hi, biases, f, cnt)
+                elif nf == 2:
+                    _ppv_conv2(AT, xT, a0, ia, ib, ie, lo, hi, biases, f, cnt)
+                elif nf == 3:
+                    _ppv_conv3(AT, xT, a0, ia, ib, ie, lo, hi, biases, f, cnt)
+                else:
+                    _ppv_conv4(AT, xT, a0, ia, ib, ie, lo, hi, biases, f, cnt)
+            else:                                         # store the output (summed over channels), then count
+                for ci in range(nchs[pair]):
+                    c = chans[c_off[pair] + ci]
+                    a0, ia, ib, ie = c * L * W, (c * LX + P + ta) * W, (c * LX + P + tb) * W, (c * LX + P + te) * W
+                    for t in range(lo, hi):
+                        v = _conv_at(AT, xT, a0, ia, ib, ie, t)
+                        _store(buf, t * W, v if ci == 0 else v + _load(buf, t * W))
+                for q in range(0, nf, 4):
+                    _ppv_buf4(buf, lo, hi, biases, f, q, nf, cnt)
+            for q in range(nf):
+                _store(ppv, 0, _share(_load(cnt, q * W), hi - lo))
+                for lane in range(ns):
+                    out[s0 + lane, f + q] = ppv[lane]
+
+
+@njit(cache=True, parallel=True)
+def _mini_transform(X, out, dils, nfpd, foff, biases, combos, nchs, c_off, chans, n_chunks):
+    """One chunk of work items per thread (``_mini_chunk``): one parallel region per call."""
+    for chunk in prange(n_chunks):
+        _mini_chunk(X, out, dils, nfpd, foff, biases, combos, nchs, c_off, chans, chunk, n_chunks)
 
 
 def _mini_conv_one(x, d, k, chans, c0, nch):
@@ -197,15 +458,31 @@ class MiniRocket(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X):
+        """PPV features (n_series, n_features_out_), float32. ``n_jobs`` threads at most: a call with less than
+        ``PARALLEL_MIN_WORK`` of work, and every call with ``n_jobs=1``, runs on the calling thread without
+        a parallel region."""
         check_fitted(self, "biases_")
         X = as_panel(X, min_length=self.min_length)
         check_shape(self, X)
-        with numba_threads(self.n_jobs):
-            return _mini_transform(X, self.dilations_, self.features_per_dilation_, self.biases_, MINI_COMBOS,
-                                   MINI_PAIR, self.nchs_, self.c_off_, self.chans_, self.n_features_out_)
+        nfpd = self.features_per_dilation_
+        foff = np.concatenate([[0], np.cumsum(nfpd * len(MINI_COMBOS))[:-1]]).astype(np.int64)
+        # numpy allocates the output, not Numba: numpy asks the OS for huge pages (MADV_HUGEPAGE), and first-
+        # touching a large output in 4 KiB pages (ItalyPowerDemand's 1029 x 9996 floats) took longer than
+        # computing the features
+        out = np.empty((X.shape[0], self.n_features_out_), dtype=np.float32)
+        args = (X, out, self.dilations_, nfpd, foff, self.biases_, MINI_COMBOS, self.nchs_, self.c_off_, self.chans_)
+        threads = n_threads(self.n_jobs)
+        items = len(self.dilations_) * -(-X.shape[0] // W)
+        if threads == 1 or items == 1 or self.flops_per_series() * X.shape[0] < PARALLEL_MIN_WORK:
+            _mini_chunk(*args, 0, 1)     # no parallel region: nothing to wake, nothing to wait for
+        else:
+            with numba_threads(threads):
+                _mini_transform(*args, min(threads, items))
+        return out
 
     def flops_per_series(self) -> float:
-        """Adds of the convolutions (A once per dilation, 4 adds + 1 mul per kernel tap-set) and compares."""
+        """Adds of the convolutions (A once per dilation and channel, then per kernel and channel 3 adds, 1 mul
+        and 1 add to sum the channels) and the compares of PPV."""
         check_fitted(self, "biases_")
         L = self.input_shape_[1]
         conv = len(self.dilations_) * self.input_shape_[0] * L * MINI_LENGTH
