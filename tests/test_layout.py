@@ -12,7 +12,7 @@ from effnb import runner
 
 REPO = Path(__file__).resolve().parent.parent
 PKG = REPO / "effnb"
-SHARED = {"models", "data"}          # shared substrate: any technique may use them
+SHARED = {"models", "data", "lm"}    # shared substrate: any technique may use them
 RUNNER = "runner"
 CORE = sorted(p.stem for p in PKG.glob("*.py") if p.stem != "__init__")
 PACKAGES = sorted(p.name for p in PKG.iterdir() if (p / "__init__.py").is_file())
