@@ -142,6 +142,36 @@ def test_w4a8_register_tiles(quant_ops, scheme, m):
     kernel_vs_reference(m, 37, 333, m, lambda w: Q.quantize(w, scheme), Q.linear, Q.linear_ref)
 
 
+@pytest.mark.parametrize("k", [333, 4096 + 32, 64])
+@pytest.mark.parametrize("m", [1, 5, 6, 7, 13, 64])
+def test_w8a8_tiles(quant_ops, k, m):
+    """The W8A8 kernel's branches on purpose: on AVX-512 VNNI, blocks of 4 rows (N = 37 leaves a lone
+    last row) against tiles of 6 tokens and a remainder of 1-5, and a last 64-byte step that holds only 32
+    bytes (K padded to 4096 + 32); on AVX2, rows against tiles of up to 4 tokens. Saturated int8 codes
+    (huge x, |w|) check the sign-bit flip and the 128 x code-sum correction."""
+    kernel_vs_reference(m, 37, k, m, lambda w: Q.quantize(w, "w8a8"), Q.linear, Q.linear_ref)
+    g = torch.Generator().manual_seed(k)
+    w, x = torch.randn(37, k, generator=g).sign(), torch.randn(m, k, generator=g).sign() * 1e3
+    p = Q.quantize(w, "w8a8")
+    assert float((Q.linear(x, p) - Q.linear_ref(x, p)).abs().max()) <= 1e-5 * scale_of(x, w)
+
+
+def test_int8_peak_probe_computes_its_sums(quant_ops):
+    """The int8 roof probe does the arithmetic it claims (so its GOP/s count real work): each int32 lane
+    of a thread's row sums iters x 4 products u x s per chain, u = 3 + c % 4, s = -5 - c % 3."""
+    from effnb.quant import ops
+    if not Q.backend().startswith("cpp-") or Q.backend() == "cpp-scalar":
+        pytest.skip("the scalar build's probe sums another pattern")
+    threads = ext.omp_threads("quant")
+    out = torch.full((16 * threads,), -1, dtype=torch.int32)
+    torch.ops.effnb.quant_peak_int8(out, 1000)
+    chains = torch.ops.effnb.quant_peak_chains(out)
+    lane = 1000 * 4 * sum((3 + c % 4) * (-5 - c % 3) for c in range(chains))
+    rows = out.view(threads, 16)
+    assert bool((rows[:, :8] == lane).all()), rows
+    assert ops.peak_int8(iters=100_000, repeats=2) > 0
+
+
 @pytest.mark.parametrize("group", [64, 128, 256])
 @pytest.mark.parametrize("m", [7, 8, 11, 64])
 def test_dgq_register_tiles(quant_ops, group, m):
@@ -239,7 +269,7 @@ def test_backend_is_decided_once(monkeypatch):
 
 
 KERNEL_TESTS = ["test_the_path_under_test", "test_linear_matches_reference", "test_linear_awkward_and_batched",
-                "test_w4a8_register_tiles", "test_dgq_register_tiles", "test_dgq_kernel_matches_reference",
+                "test_w8a8_tiles", "test_int8_peak_probe_computes_its_sums", "test_w4a8_register_tiles", "test_dgq_register_tiles", "test_dgq_kernel_matches_reference",
                 "test_dgq_kernel_batched_and_bad_inputs", "test_cpp_op_rejects_wrong_tensors", "test_opcheck"]
 
 

@@ -28,9 +28,9 @@ benchmark and quality runs), ``plots``.
 from __future__ import annotations
 
 from . import ops
-from .experiments import (FOUR_BIT_PEERS, OURS, among, backend_of, benchmark, bytes_moved, dequant_share,
+from .experiments import (FOUR_BIT_PEERS, INT8_PEERS, OURS, among, backend_of, benchmark, bytes_moved, dequant_share,
                           fidelity, label, measurements, ort_key, peer_factories, quality, ratio, scheme_of,
-                          speed_table, weight_bytes)
+                          ratio_pivot, speed_table, time_pivot, weight_bytes)
 from .formats import (SCHEME_RE, DGQPacked, Packed, Scheme, dequantize, dgq_dequantize, pack_int4,
                       parse_scheme, quantize, random_dgq, random_packed, unpack_int4)
 from .gptq import calibrate, gptq_int4
@@ -44,9 +44,9 @@ from .variants import (DGQ_CLIP_PCT, FINEQUANT_GROUPS, FINEQUANT_MAX_SHARE, FINE
                        outlier_share, qserve_quantize, variant_makers)
 
 __all__ = [
-    "ops", "FOUR_BIT_PEERS", "OURS", "among", "backend_of", "benchmark", "bytes_moved", "dequant_share",
+    "ops", "FOUR_BIT_PEERS", "INT8_PEERS", "OURS", "among", "backend_of", "benchmark", "bytes_moved", "dequant_share",
     "fidelity", "label", "measurements", "ort_key", "peer_factories", "quality", "ratio", "scheme_of",
-    "speed_table", "weight_bytes", "SCHEME_RE", "DGQPacked", "Packed", "Scheme", "dequantize", "dgq_dequantize",
+    "speed_table", "time_pivot", "ratio_pivot", "weight_bytes", "SCHEME_RE", "DGQPacked", "Packed", "Scheme", "dequantize", "dgq_dequantize",
     "pack_int4", "parse_scheme", "quantize", "random_dgq", "random_packed", "unpack_int4", "calibrate",
     "gptq_int4", "FakeQuantLinear", "QuantLinear", "percentile_clip", "quantize_module", "replace_linears",
     "available", "backend", "dgq_linear", "linear", "ORT_PEERS", "ort_available", "ort_matmulnbits", "ort_name",

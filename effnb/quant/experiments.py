@@ -24,6 +24,7 @@ from .variants import finequant_scheme
 
 OURS = ("w8a16", "w8a8", "w4a16", "w4a8", "dgq")
 FOUR_BIT_PEERS = ("int4pack", "ort4", "ort0")   # peers that store 4-bit weights, as our W4 kernels do
+INT8_PEERS = ("int8pack", "dynamic")            # peers that store int8 weights, as our W8 kernels do
 TORCH_PEERS = {"fp32": "torch fp32", "bf16": "torch bf16", "int8pack": "torch int8pack (w8a16)",
                "int4pack": "torch int4pack g{group} (w4a16)", "dynamic": "torch dynamic int8 (w8a8)"}
 BF16_INPUTS = ("bf16", "int8pack", "int4pack")  # peers whose activations are 2 bytes
@@ -258,6 +259,20 @@ def measurements(runs: dict, limits: dict):
                          "ms": 1e3 * df["median_s"], "GB/s": df["gbps"],
                          "% read bw": 100.0 * df["gbps"] / float(limits["read_gbps"]),
                          "GFLOP/s": df["gflops"], "spread": df["spread"]})
+
+
+def time_pivot(meas):
+    """Milliseconds per call, one row per provider, one column per (shape, M): the measurements
+    table (:func:`measurements`, one row per provider, shape and M) folded to fit a page."""
+    t = meas.pivot_table(index="provider", columns=["shape", "M"], values="ms", aggfunc="first", sort=False)
+    return t.style.format(lambda v: f"{v:.3f} ms" if v == v else "-")
+
+
+def ratio_pivot(speed):
+    """Each of our kernels against the fastest peer, one column per (shape, M): "1.31x (peer)",
+    above 1 when ours is faster. ``speed`` is :func:`speed_table`'s frame."""
+    cell = speed.assign(text=[f"{r:.2f}x ({p})" for r, p in zip(speed["vs fastest peer"], speed["fastest peer"])])
+    return cell.pivot_table(index="ours", columns=["shape", "M"], values="text", aggfunc="first", sort=False)
 
 
 def dequant_share(runs: dict, weight_only: str = "w4a16", integer: str = "w4a8"):

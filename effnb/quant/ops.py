@@ -18,6 +18,8 @@ SCHEMAS = {  # x is fp32 [M, K]; every op returns fp32 [M, N], N the weight's ro
     "quant_w8_linear": "(Tensor x, Tensor q, Tensor scales, bool a8) -> Tensor",
     "quant_w4_linear": "(Tensor x, Tensor packed, Tensor scales, Tensor zeros, int group, bool a8) -> Tensor",
     "quant_dgq_linear": "(Tensor x, Tensor packed, Tensor kint, Tensor scale, int group) -> Tensor",
+    "quant_peak_int8": "(Tensor(a!) out, int iters) -> ()",      # kernels/quant/peak.cpp
+    "quant_peak_chains": "(Tensor out) -> int",
 }
 
 _loaded: list[bool] = []   # the answer of available(), asked once per process
@@ -36,6 +38,7 @@ def _declare() -> None:
         lambda x, packed, scales, zeros, group, a8: _output(x, packed))
     torch.library.register_fake("effnb::quant_dgq_linear")(
         lambda x, packed, kint, scale, group: _output(x, packed))
+    torch.library.register_fake("effnb::quant_peak_int8")(lambda out, iters: None)
 
 
 def available() -> bool:
@@ -84,3 +87,24 @@ def dgq_linear(x: torch.Tensor, p: DGQPacked) -> torch.Tensor:
     if not available():
         return dgq_linear_ref(x2, p).reshape(*lead, p.n)
     return torch.ops.effnb.quant_dgq_linear(x2, p.q, p.kint, p.scale, p.group).reshape(*lead, p.n)
+
+
+def peak_int8(iters: int = 4_000_000, repeats: int = 5) -> float | None:
+    """GOP/s (2 per 8-bit multiply-add) of this build's integer dot-product step alone, on the threads
+    effnb.threads set, best of ``repeats``: the roof our W8A8/W4A8 kernels can reach. None without
+    the C++ family."""
+    if not available():
+        return None
+    threads = ext.omp_threads(FAMILY)
+    out = torch.empty(16 * threads, dtype=torch.int32)
+    ops = torch.ops.effnb
+    ops.quant_peak_int8(out, 1000)  # wakes the OpenMP pool
+    best = min(_timed(lambda: ops.quant_peak_int8(out, iters)) for _ in range(repeats))
+    return 2.0 * 32 * ops.quant_peak_chains(out) * iters * threads / best / 1e9
+
+
+def _timed(fn) -> float:
+    import time
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0

@@ -5,16 +5,21 @@ from .. import plots, roofline
 from . import ops
 
 
-def plot_speed(runs: dict, limits: dict) -> list:
-    """One figure per weight shape: GB/s (all bytes moved) against tokens M, the read bandwidth as roof.
-    A dozen providers: the legend goes below the axes, where it hides no line."""
-    axes = []
-    for res in runs.values():
-        _, ax = plots.figure(7.0, 5.5)
+def plot_speed(runs: dict, limits: dict):
+    """GB/s (all bytes moved) against tokens M, the read bandwidth as roof: one panel per weight
+    shape, stacked for a narrow column, one legend below them all (a dozen providers)."""
+    import matplotlib.pyplot as plt
+    plots.style()
+    fig, axes = plt.subplots(len(runs), 1, figsize=(7.0, 3.6 * len(runs) + 1.6), sharex=True, squeeze=False)
+    for ax, (shape, res) in zip(axes[:, 0], runs.items()):
         res.plot(ax=ax, roof=limits, logx=True)
-        ax.legend(fontsize="x-small", ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.15))
-        axes.append(ax)
-    return axes
+        ax.set_title(f"cold weights {shape}", fontsize="medium")
+        if ax.get_legend():
+            ax.get_legend().remove()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize="x-small", ncols=3, loc="lower center", frameon=False)
+    fig.tight_layout(rect=(0, 0.16 if len(runs) == 1 else 0.1, 1, 1))
+    return fig
 
 
 def roofline_points(runs: dict, m: int = 1):

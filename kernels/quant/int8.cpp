@@ -69,6 +69,101 @@ void int8_tile(const Int8Args& A, int64_t row, int64_t i0, bool a8, float* py, i
 #endif
 }
 
+#if defined(EFFNB_QDOT32)
+// ---------------------------------------------------------------- W8A8 register tile (VNNI)
+//
+// R rows x T tokens, 32 weights per step. vpdpbusd wants unsigned x signed bytes:
+// the weights become unsigned by flipping their sign bit (w ^ 0x80 = w + 128, once
+// per load, shared by the T tokens) and the activations stay signed, so
+//   sum (w + 128) a = sum w a + 128 sum a,
+// and the token's code sum (computed once when the activations are quantized)
+// takes the 128 back out: no per-token sign trick, no int16 stage. Each activation
+// load serves R rows, each weight load T tokens. 256-bit registers on purpose: on
+// the AMD Zen 4 of chapter 02 a 512-bit vpdpbusd has half the throughput of two
+// 256-bit ones (quant_peak_int8 and the chapter measure it). With AVX-512VL there
+// are 32 of them (4 x 4 tile: 16 accumulators; 4 x 6 spilled under GCC 12); AVX2
+// has 16 (2 x 4). The K loop is unrolled 4 times: without it GCC copies every
+// accumulator between registers once per step, which halved the speed here.
+#if defined(__AVX512VL__)
+constexpr int kW8R = 4, kW8T = 4;
+#else
+constexpr int kW8R = 4, kW8T = 4;
+#endif
+
+// K is walked in blocks of kW8KB bytes, partial sums waiting in `part` between blocks, so that a
+// block of the R weight rows stays in cache while every token tile passes over it. On the machine of
+// chapter 02 smaller blocks (512 B to 2 KB) were slower at K = 4096 than none: the loads come from
+// L2 fast enough, and each block costs its partial sums' stores and loads.
+constexpr int64_t kW8KB = 4096;
+
+template <int R, int T>
+void w8a8_tile(const Int8Args& A, const int32_t* xsum, int64_t row0, int64_t i0, int64_t k0, int64_t k1,
+               __m256i* part, float* py, int64_t n) {
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  __m256i acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = k0 == 0 ? _mm256_setzero_si256() : part[r * T + t];
+  const int64_t kp = A.kp;
+  const int8_t* w0 = A.w + row0 * kp;
+  const int8_t* x0 = A.xq + i0 * kp;
+#pragma GCC unroll 4
+  for (int64_t k = k0; k < k1; k += 32) {
+    __m256i w[R];
+    for (int r = 0; r < R; ++r)
+      w[r] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + r * kp + k)), flip);
+    for (int t = 0; t < T; ++t) {
+      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0 + t * kp + k));
+      for (int r = 0; r < R; ++r) acc[r][t] = EFFNB_DPBUSD(acc[r][t], w[r], a);
+    }
+  }
+  if (k1 < kp) {
+    for (int r = 0; r < R; ++r)
+      for (int t = 0; t < T; ++t) part[r * T + t] = acc[r][t];
+    return;
+  }
+  for (int r = 0; r < R; ++r) {
+    const float sw = A.scales[row0 + r];
+    for (int t = 0; t < T; ++t) {
+      const int32_t dot = hsum_i32(acc[r][t]) - 128 * xsum[i0 + t];
+      py[(i0 + t) * n + row0 + r] = sw * A.xs[i0 + t] * static_cast<float>(dot);
+    }
+  }
+}
+
+// tokens [i0, m) against rows [row0, row0 + R) over K [k0, k1): tiles of T tokens, then the rest
+// as one smaller tile; a tile starting at token i keeps its partial sums at part + i * R
+template <int R, int T = kW8T>
+void w8a8_rows(const Int8Args& A, const int32_t* xsum, int64_t row0, int64_t i0, int64_t m, int64_t k0,
+               int64_t k1, __m256i* part, float* py, int64_t n) {
+  for (; i0 + T <= m; i0 += T) w8a8_tile<R, T>(A, xsum, row0, i0, k0, k1, part + i0 * R, py, n);
+  if constexpr (T > 1) {
+    if (m > i0) w8a8_rows<R, T - 1>(A, xsum, row0, i0, m, k0, k1, part, py, n);
+  }
+}
+
+// threads over blocks of kW8R rows (the last n % kW8R rows one at a time); each block walks K in
+// blocks, all tokens per K block
+void w8a8_blocks(const Int8Args& A, const int32_t* xsum, int64_t m, int64_t n, float* py) {
+  const int64_t nblocks = (n + kW8R - 1) / kW8R;
+#pragma omp parallel
+  {
+    std::vector<__m256i> part(static_cast<size_t>(m * kW8R));
+#pragma omp for schedule(dynamic, 8)
+    for (int64_t b = 0; b < nblocks; ++b) {
+      const int64_t row0 = b * kW8R;
+      for (int64_t k0 = 0; k0 < A.kp; k0 += kW8KB) {
+        const int64_t k1 = std::min(A.kp, k0 + kW8KB);
+        if (n - row0 >= kW8R) {
+          w8a8_rows<kW8R>(A, xsum, row0, 0, m, k0, k1, part.data(), py, n);
+        } else {
+          for (int64_t row = row0; row < n; ++row) w8a8_rows<1>(A, xsum, row, 0, m, k0, k1, part.data(), py, n);
+        }
+      }
+    }
+  }
+}
+#endif
+
 }  // namespace
 
 // ---------------------------------------------------------------- int8 weights
@@ -89,6 +184,12 @@ at::Tensor quant_w8_linear(const at::Tensor& x, const at::Tensor& q, const at::T
   const float* ps = scales.data_ptr<float>();
   float* py = y.data_ptr<float>();
   const Int8Args args{pq, ps, kp, act.xp.data(), act.xq.data(), act.xs.data()};
+#if defined(EFFNB_QDOT32)
+  if (a8) {
+    w8a8_blocks(args, act.xsum.data(), m, n, py);
+    return y;
+  }
+#endif
   over_rows_in_token_tiles(n, m, [&](auto mt, int64_t row, int64_t i0) {
     int8_tile<decltype(mt)::value>(args, row, i0, a8, py, n);
   });

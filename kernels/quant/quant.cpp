@@ -4,6 +4,7 @@
 //   quant_w8_linear   int8.cpp   W8A16, W8A8
 //   quant_w4_linear   int4.cpp   W4A16, W4A8 (register tile of rows x tokens)
 //   quant_dgq_linear  dgq.cpp    DGQ: int4 codes, integer group scales, W4A8
+//   quant_peak_int8   peak.cpp   the int8 dot-product step alone: this build's int8 roof
 //
 // quant.h explains the formats and the code paths.
 #include "quant.h"
@@ -21,4 +22,6 @@ TORCH_LIBRARY_IMPL(effnb, CPU, m) {
   m.impl("quant_w8_linear", &effnb::quant::quant_w8_linear);
   m.impl("quant_w4_linear", &effnb::quant::quant_w4_linear);
   m.impl("quant_dgq_linear", &effnb::quant::quant_dgq_linear);
+  m.impl("quant_peak_int8", &effnb::quant::quant_peak_int8);
+  m.impl("quant_peak_chains", &effnb::quant::quant_peak_chains);
 }

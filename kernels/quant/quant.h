@@ -72,8 +72,14 @@
 #if defined(EFFNB_QDOT32_EMULATE)
 #define EFFNB_QDOT32 1
 #define EFFNB_QDOT32_NAME "avx2-emulated-vnni"
-#define EFFNB_DPBUSD(acc, u, s) \
-  _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), _mm256_set1_epi16(1)))
+// exact for every unsigned x signed byte pair (maddubs would saturate past 2 x 255 x 127 in int16):
+// even and odd bytes widened to int16 apart, two madd give the four products of each int32 lane
+#define EFFNB_DPBUSD(acc, u, s)                                                                       \
+  _mm256_add_epi32(                                                                                 \
+      (acc), _mm256_add_epi32(                                                                      \
+                 _mm256_madd_epi16(_mm256_and_si256((u), _mm256_set1_epi16(0x00FF)),                \
+                                   _mm256_srai_epi16(_mm256_slli_epi16((s), 8), 8)),                \
+                 _mm256_madd_epi16(_mm256_srli_epi16((u), 8), _mm256_srai_epi16((s), 8))))
 #elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define EFFNB_QDOT32 1
 #define EFFNB_QDOT32_NAME "avx512-vnni"
@@ -304,5 +310,7 @@ at::Tensor quant_w4_linear(const at::Tensor& x, const at::Tensor& packed, const 
                            const at::Tensor& zeros, int64_t group, bool a8);
 at::Tensor quant_dgq_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& kint,
                             const at::Tensor& scale, int64_t group);
+void quant_peak_int8(const at::Tensor& out, int64_t iters);
+int64_t quant_peak_chains(const at::Tensor& out);
 
 }  // namespace effnb::quant
