@@ -8,7 +8,9 @@ left behind that way (it can only be preempted, which is rarer). The probe
 times the same small call one at a time, ours and sktime's, with ``threads``
 threads and with one, all interleaved so that every side sees the same load,
 and an empty parallel region, which has no work at all to blame; once on the
-machine as found, and once with a core kept busy on purpose.
+machine as found, and once with a core kept busy on purpose. Our MiniRocket
+opens no region for a call below ``minirocket.PARALLEL_MIN_WORK``: the probe
+says for each side whether its call opened one (``opens_region``).
 """
 from __future__ import annotations
 
@@ -54,6 +56,19 @@ class busy_core:
         return False
 
 
+def opens_region(side: str, transform, n_series: int, threads: int) -> bool:
+    """Whether one ``transform`` call of ``side`` opens a parallel region: sktime's always does with more than
+    one thread (one ``prange`` over series per call); ours only with more than one thread, more than one
+    work item and at least ``minirocket.PARALLEL_MIN_WORK`` of work (the rule of ``MiniRocket.transform``)."""
+    if int(threads) <= 1:
+        return False
+    if "effnb" not in side:
+        return True
+    from . import minirocket
+    items = len(transform.dilations_) * -(-int(n_series) // minirocket.W)
+    return items > 1 and transform.flops_per_series() * n_series >= minirocket.PARALLEL_MIN_WORK
+
+
 PAUSE_S = 1e-3     # idle time before each probed call, as between requests: idle worker threads go to sleep
 
 
@@ -85,12 +100,14 @@ def parallel_stalls(threads: int, *, length: int, num_features: int, n_series: i
     purpose. Every side fits on and transforms the same ``n_series`` random
     series of ``length`` points; each is called ``calls`` times, one call per
     timing, round-robin over the sides (the first two calls are warm-up).
+    The column ``region`` says whether the side's call opens a parallel region
+    (``opens_region``), ``work_mflop`` the work it is credited with.
     """
     import warnings
 
     import pandas as pd
     X = np.random.default_rng(seed).normal(size=(n_series, 1, length))
-    sides = {}
+    sides, region, work = {}, {}, {}
     for t in sorted({int(threads), 1}, reverse=True):
         made = peers.transformers(False, 10, num_features, t, seed)
         for label in ("MiniRocket effnb", "MiniRocket sktime"):
@@ -98,15 +115,21 @@ def parallel_stalls(threads: int, *, length: int, num_features: int, n_series: i
                 warnings.simplefilter("ignore")
                 tr = made[label].fit(X)
             sides[label, t] = (lambda tr=tr: tr.transform(X))
+            region[label, t] = opens_region(label, tr, n_series, t)
+        ours = made["MiniRocket effnb"]
+        work.update({("MiniRocket effnb", t): ours.flops_per_series() * n_series / 1e6,
+                     ("MiniRocket sktime", t): ours.flops_per_series() * n_series / 1e6})
         sides["empty parallel region", t] = _region(t)
+        region["empty parallel region", t], work["empty parallel region", t] = t > 1, 0.0
     found = _time_round_robin(sides, calls)
     with busy_core():
         busy = _time_round_robin(sides, calls)
     rows = []
     for load, times in (("as found", found), ("one core kept busy", busy)):
         for (side, t), ts in times.items():
-            ts, work = np.asarray(ts), min(times[side, 1])
-            rows.append({"load": load, "side": side, "threads": t, "fastest_ms": 1e3 * ts.min(),
+            ts, fastest1 = np.asarray(ts), min(times[side, 1])
+            rows.append({"load": load, "side": side, "threads": t, "region": region[side, t],
+                         "work_mflop": work[side, t], "fastest_ms": 1e3 * ts.min(),
                          "median_ms": 1e3 * np.median(ts), "slowest_ms": 1e3 * ts.max(),
-                         "stalled": float(np.mean(ts > work + STALL_S))})
+                         "stalled": float(np.mean(ts > fastest1 + STALL_S))})
     return pd.DataFrame(rows)
