@@ -114,6 +114,21 @@ def make_tree(dest: Path) -> dict:
     return {"claims": claims, "runs": [(hw, run_name(p, ov)) for hw, p, ov, *_ in RUNS]}
 
 
+def make_chapter_tree(dest: Path) -> list[str]:
+    """The book sources with the repository's committed chapter notebooks and no runs: every chapter
+    page then shows the notebook's own smoke outputs, as a fresh clone's `make book-html` would.
+    Returns the chapter stems."""
+    make_tree(dest)
+    shutil.rmtree(dest / "book" / "runs")
+    (dest / "book" / "runs").mkdir()
+    stems = []
+    for nb in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        shutil.copy(nb, dest / "notebooks" / nb.name)
+        shutil.copy(nb.with_suffix(".yaml"), dest / "notebooks" / nb.with_suffix(".yaml").name)
+        stems.append(nb.stem)
+    return stems
+
+
 def pages(dest: Path) -> dict:
     from effnb.runner import pages as _pages
     b = dest / "book"

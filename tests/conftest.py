@@ -16,6 +16,17 @@ def built_book(tmp_path_factory):
             "result": res, "seconds": seconds}
 
 
+@pytest.fixture(scope="session")
+def chapter_book(tmp_path_factory):
+    """A book built from the committed chapter notebooks (their smoke outputs), no runs."""
+    import book_fixture as bf
+    dest = tmp_path_factory.mktemp("chapter-book")
+    stems = bf.make_chapter_tree(dest)
+    bf.pages(dest)
+    res, seconds = bf.jupyter_book(dest)
+    return {"dest": dest, "html": dest / "_build" / "html", "stems": stems, "result": res, "seconds": seconds}
+
+
 def require_cpp(family: str, load):
     """The family's ops when a compiler exists; FAIL if they did not build (a broken kernel must not
     pass as the fallback). Without a compiler, skip: the fallback path is what runs there."""

@@ -25,15 +25,19 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server(built_book):
-    """Serve the built HTML on 127.0.0.1 (as a reader's local web server would)."""
-    handler = functools.partial(_QuietHandler, directory=str(built_book["html"]))
+def _serve(html):
+    """Serve ``html`` on 127.0.0.1 (as a reader's local web server would); yields the base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(html))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(built_book):
+    yield from _serve(built_book["html"])
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -153,8 +157,7 @@ return Array.from(document.querySelectorAll('.effnb-verdict')).map(
 """
 
 # What a reader must not meet on a page: an image without a caption or alt text, a table or a text output
-# over 40 rows that is not folded away. Applied to the generated pages; the chapter pages join once their
-# notebooks caption every figure and fold their long tables (issue 16).
+# over 40 rows that is not folded away. Applied to the generated pages and to every chapter page.
 _READER_JS = """
 const art = document.querySelector('.bd-article') || document.body;
 const out = [];
@@ -266,3 +269,33 @@ def test_display_math_is_centred(built_book, server, browser):
       return [left - q.left, q.right - right];""")
     gap_left, gap_right = box
     assert gap_left > 100 and gap_right > 100, f"display math is not centred: {box}"
+
+
+@pytest.fixture(scope="module")
+def chapter_server(chapter_book):
+    yield from _serve(chapter_book["html"])
+
+
+def test_the_committed_chapters_build_without_warnings(chapter_book):
+    res = chapter_book["result"]
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_chapter_pages_fit_caption_and_fold(chapter_book, chapter_server, sized, width):
+    """Every chapter page at a desktop and a phone width: no page or unboxed table wider than the window,
+    every figure captioned with alt text, no unfolded table or output over 40 rows."""
+    sized.set_window_size(width, 900)
+    problems = {}
+    for stem in chapter_book["stems"]:
+        assert not _open(sized, f"{chapter_server}/book/chapters/{stem}.html"), f"console errors on {stem}"
+        got = sized.execute_script(_LAYOUT_JS)
+        bad = {k: got[k] for k in ("tables", "images") if got[k]}
+        if got["page"] > got["window"]:
+            bad["page"] = f"{got['page']} px wide in a {got['window']} px window"
+        found = reader_problems(sized)
+        if found:
+            bad["reader"] = found
+        if bad:
+            problems[stem] = bad
+    assert not problems, problems
