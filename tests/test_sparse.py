@@ -69,6 +69,29 @@ def test_awkward_shapes_and_empty_rows_match_reference(n, k, p, pattern, sparsit
     assert close(S.matmul(sw, b[:, 0].contiguous()), ref[:, 0], k)
 
 
+ROW_NNZ = [0, 1, 2, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 23, 24, 25, 31, 32, 33, 47, 48, 49, 50, 97]
+
+
+@pytest.mark.parametrize("k, index_dtype", [(100, "auto"), (65536, "auto"), (65536, "int32"), (70000, "auto")])
+def test_every_row_length_and_high_columns_match_reference(k, index_dtype):
+    """One row per nonzero count around the SpMV loop's blocks (24 = 8 gathered + 16 scalar, then 8, 4, 1)
+    and the SpMM loop's pairs of nonzeros, with columns up to k - 1 (uint16 indices >= 32768 read four at a
+    time must not sign-extend), for the vector and for every strip width of the matrix kernel."""
+    g = torch.Generator().manual_seed(k)
+    w = torch.zeros(len(ROW_NNZ), k)
+    for r, cnt in enumerate(ROW_NNZ):
+        cols = torch.randperm(k - 1, generator=g)[:cnt - 1] if cnt else torch.zeros(0, dtype=torch.long)
+        cols = torch.cat([cols, torch.tensor([k - 1] if cnt else [], dtype=torch.long)])  # the last column too
+        w[r, cols] = torch.randn(len(cols), generator=g).abs() + 0.1
+    sw = S.sparsify(w, None, index_dtype=index_dtype)
+    assert torch.equal(torch.tensor([int(c) for c in sw.ptr.diff()]), torch.tensor(ROW_NNZ))
+    for p in (1, 2, 7, 8, 9, 16, 24, 31, 32, 33, 65):
+        b = torch.randn(k, p, generator=g)
+        ref = ref_matmul(sw, b)
+        assert close(S.matmul(sw, b), ref, k), p
+        assert close(S.matmul(sw, b[:, 0].contiguous()), ref[:, 0], k)
+
+
 def _op_args():
     """One call of every op, on awkward shapes and both index widths."""
     g = torch.Generator().manual_seed(7)
@@ -124,7 +147,7 @@ def test_kernels_reject_bad_inputs(mutate, match):
         torch.ops.effnb.sparse_spmm(*mutate(_op_args()[0][1]))
 
 
-KERNEL_TESTS = ["test_cpp_is_under_test", "test_matmul_matches_reference",
+KERNEL_TESTS = ["test_cpp_is_under_test", "test_matmul_matches_reference", "test_every_row_length_and_high_columns_match_reference",
                 "test_awkward_shapes_and_empty_rows_match_reference", "test_opcheck", "test_kernels_reject_bad_inputs",
                 "test_empty_rows_and_wide_inputs_use_the_right_index_type", "test_linear_and_conv1x1_match_torch"]
 
