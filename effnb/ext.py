@@ -142,7 +142,7 @@ def arch_flags(level: str | None = None) -> list[str]:
     One build serves every CPU with the same features, and the level is part of
     the key, so another CPU gets its own build instead of an illegal instruction.
     VNNI is not part of v4: it is added when the CPU has it, at the avx512 level
-    (or AVX-VNNI at avx2 on CPUs that have that).
+    (or AVX-VNNI at avx2 on CPUs that have that); so is VPOPCNTDQ (quant's binary kernel).
     """
     level = level or isa()
     if platform.machine() not in ("x86_64", "AMD64"):
@@ -150,7 +150,8 @@ def arch_flags(level: str | None = None) -> list[str]:
     feats = set(provenance.isa_features())
     if level == "avx512":
         return ["-march=x86-64-v4", "-mprefer-vector-width=256"] + (
-            ["-mavx512vnni"] if "avx512_vnni" in feats else [])
+            ["-mavx512vnni"] if "avx512_vnni" in feats else []) + (
+            ["-mavx512vpopcntdq"] if "avx512_vpopcntdq" in feats else [])
     if level == "avx2":
         return ["-march=x86-64-v3"] + (["-mavxvnni"] if "avx_vnni" in feats and cpu_level() == "avx2" else [])
     return ["-march=x86-64-v2"] if "sse4_2" in feats else []

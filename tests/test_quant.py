@@ -156,6 +156,177 @@ def test_w8a8_tiles(quant_ops, k, m):
     assert float((Q.linear(x, p) - Q.linear_ref(x, p)).abs().max()) <= 1e-5 * scale_of(x, w)
 
 
+# ---------------------------------------------------------------- ternary and binary weights (chapter 03)
+
+LOW_BIT = ["w2a8-ternary", "w1a4-binary"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(m=st.integers(1, 20), n=st.integers(1, 40), k=st.integers(1, 700), scheme=st.sampled_from(LOW_BIT),
+       seed=st.integers(0, 2**16))
+@example(m=1, n=1, k=1, scheme="w1a4-binary", seed=0)
+@example(m=9, n=37, k=129, scheme="w2a8-ternary", seed=1)   # a second 128-block with one real weight
+@example(m=9, n=37, k=513, scheme="w1a4-binary", seed=2)    # 512-bit steps and a 256-bit tail
+def test_low_bit_kernels_match_reference(quant_ops, m, n, k, scheme, seed):
+    """Ternary x int8 and binary x 4-bit kernels against the float64 reference on the same codes: random
+    shapes cross every tile remainder (rows, tokens) and every K padding."""
+    kernel_vs_reference(m, n, k, seed, lambda w: Q.quantize(w, scheme), Q.linear, Q.linear_ref)
+
+
+@pytest.mark.parametrize("scheme", LOW_BIT)
+@pytest.mark.parametrize("m", [1, 5, 17, 64])
+@pytest.mark.parametrize("k", [333, 4096 + 17, 128, 256])
+def test_low_bit_awkward_shapes(quant_ops, scheme, m, k):
+    """M = 1, 5, 17, 64 against N = 37 (not a multiple of any row tile), K not a multiple of anything or
+    exactly one block; a zero token and a zero weight row give exact zeros; an empty batch works."""
+    g = torch.Generator().manual_seed(m * k)
+    w, x = torch.randn(37, k, generator=g), torch.randn(m, k, generator=g) * 50
+    x[0] = 0.0
+    w[3] = 0.0
+    p = Q.quantize(w, scheme)
+    y, r = Q.linear(x, p), Q.linear_ref(x, p)
+    assert y.shape == (m, 37) and float((y - r).abs().max()) <= 1e-5 * scale_of(x, w)
+    assert bool((y[0] == 0).all())
+    if scheme == "w2a8-ternary":
+        assert bool((y[:, 3] == 0).all())
+    else:  # a zero row has scale 1 and signs +1: its output is the token's 4-bit sum, as the reference's
+        assert torch.allclose(y[:, 3], r[:, 3], rtol=1e-5, atol=1e-5 * scale_of(x, w))
+    assert Q.linear(torch.randn(0, k), p).shape == (0, 37)
+
+
+@pytest.mark.parametrize("scheme", LOW_BIT)
+@pytest.mark.parametrize("m", [1, 6, 17])
+def test_low_bit_saturated(quant_ops, scheme, m):
+    """Saturated codes: every weight +-1 (ternary codes 0 and 2, all sign bits), activations at their
+    extreme codes (+-127, +-7) over K = 4096 + 160 (int32 and int16 sums near their largest), and one
+    huge outlier per token that rounds every other activation to code 0."""
+    k = 4096 + 160
+    g = torch.Generator().manual_seed(m)
+    w = torch.randn(37, k, generator=g).sign()
+    for x in (torch.randn(m, k, generator=g).sign() * 1e3, torch.ones(m, k), -torch.ones(m, k)):
+        p = Q.quantize(w, scheme)
+        assert float((Q.linear(x, p) - Q.linear_ref(x, p)).abs().max()) <= 1e-5 * scale_of(x, w)
+    x = torch.randn(m, k, generator=g)
+    x[:, 7] = 1e6
+    p = Q.quantize(torch.ones(37, k), scheme)
+    assert float((Q.linear(x, p) - Q.linear_ref(x, p)).abs().max()) <= 1e-5 * scale_of(x, torch.ones(37, k))
+
+
+def test_low_bit_ops_reject_wrong_tensors(quant_ops):
+    x = torch.randn(2, 300)
+    for scheme in LOW_BIT:
+        p = Q.quantize(torch.randn(8, 300), scheme)
+        op = getattr(quant_ops, f"quant_{p.scheme.kind}_linear")
+        with pytest.raises(RuntimeError, match="scales is Half; pass scales as Float"):
+            op(x, p.q, p.scales.half())
+        with pytest.raises(RuntimeError, match="one value per output row"):
+            op(x, p.q, p.scales[:5].contiguous())
+        with pytest.raises(RuntimeError, match="multiple of"):
+            op(x, p.q[:, :7].contiguous(), p.scales)
+        with pytest.raises(RuntimeError, match="packed is Char; pass packed as Byte"):
+            op(x, p.q.view(torch.int8), p.scales)
+        with pytest.raises(RuntimeError, match="columns"):
+            op(torch.randn(2, p.kp + 1), p.q, p.scales)
+
+
+def expected_binary_path() -> str:
+    """The popcount path binary.cpp must compile for this build (kernels/quant/binary.cpp names them)."""
+    level = ext.isa()
+    if level == "avx512" and "avx512_vpopcntdq" in provenance.isa_features():
+        return "avx512-vpopcntdq"
+    return "avx2-pshufb" if level in ("avx512", "avx2") else "scalar"
+
+
+def test_binary_popcount_path(quant_ops):
+    """The binary kernel's popcount path follows the build's flags (ext adds -mavx512vpopcntdq where the CPU
+    has it) and is named apart from the integer dot-product path."""
+    assert Q.ops.binary_path() == expected_binary_path()
+
+
+def test_low_bit_schemes_parse_and_print():
+    t, b = Q.parse_scheme("W2A8-Ternary"), Q.parse_scheme(" w1a4-binary ")
+    assert (t.wbits, t.abits, t.group, t.asym, t.kind, t.a8) == (2, 8, None, False, "ternary", True)
+    assert (b.wbits, b.abits, b.group, b.asym, b.kind, b.a8) == (1, 4, None, False, "binary", False)
+    assert str(t) == "w2a8-ternary" and str(b) == "w1a4-binary"
+    assert Q.SCHEME_RE.match("w2a8-ternary") and Q.SCHEME_RE.match("w1a4-binary")
+
+
+@pytest.mark.parametrize("bad", ["w2a8", "w1a4", "w2a4-ternary", "w1a8-binary", "w2a8-binary", "w4a8-ternary",
+                                 "w2a8-g64-ternary", "w2a8-asym-ternary", "w2a8-ternary-asym", "w1a16-binary",
+                                 "w8a4", "w1a4-binary-g32"])
+def test_bad_low_bit_schemes_are_clear_errors(bad):
+    with pytest.raises(ValueError, match="scheme"):
+        Q.parse_scheme(bad)
+    with pytest.raises(ValueError, match="w2a8-ternary"):
+        Q.quantize(torch.randn(4, 64), bad)
+
+
+def test_ternary_and_bit_packing_roundtrip_and_layout():
+    c = torch.randint(0, 3, (5, 384), dtype=torch.uint8)
+    p = Q.pack_ternary(c)
+    assert p.shape == (5, 96) and torch.equal(Q.unpack_ternary(p), c)
+    # the documented layout: byte j of a 128-block = weights j, 32 + j, 64 + j, 96 + j in bits 0-1, 2-3, 4-5, 6-7
+    j = 32 + 5
+    assert int(p[2, j]) == sum(int(c[2, 128 + 5 + 32 * s]) << (2 * s) for s in range(4))
+    bits = torch.randint(0, 2, (3, 512), dtype=torch.uint8)
+    pb = Q.pack_bits(bits)
+    assert pb.shape == (3, 64) and torch.equal(Q.unpack_bits(pb), bits)
+    # bit i of byte j is weight 8 j + i: little-endian 64-bit words hold weights 64 w .. 64 w + 63
+    assert int(pb.view(torch.int64)[1, 3]) & (1 << 10) == int(bits[1, 64 * 3 + 10]) << 10
+    with pytest.raises(ValueError, match="128"):
+        Q.pack_ternary(torch.ones(2, 100, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="codes 0, 1, 2"):
+        Q.pack_ternary(torch.full((2, 128), 3, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="256"):
+        Q.pack_bits(torch.ones(2, 128, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="bits 0 and 1"):
+        Q.pack_bits(torch.full((2, 256), 2, dtype=torch.uint8))
+
+
+def test_low_bit_quantization_follows_absmean():
+    """Ternary: s = mean|w| per row, q = round(clip(w / s, -1, 1)); binary: sign(w) times mean|w|."""
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(6, 300, generator=g)
+    s = w.abs().mean(1, keepdim=True)
+    t, b = Q.quantize(w, "w2a8-ternary"), Q.quantize(w, "w1a4-binary")
+    assert torch.allclose(t.scales, s[:, 0]) and torch.allclose(b.scales, s[:, 0])
+    assert torch.allclose(Q.dequantize(t), torch.round(torch.clamp(w / s, -1, 1)) * s)
+    assert torch.allclose(Q.dequantize(b), torch.where(w >= 0, 1.0, -1.0) * s)
+    assert bool((Q.unpack_ternary(t.q)[:, 300:] == 1).all())   # padding codes are weight 0
+    z = Q.quantize(torch.zeros(2, 40), "w2a8-ternary")
+    assert torch.equal(z.scales, torch.ones(2)) and bool((Q.dequantize(z) == 0).all())
+
+
+def test_low_bit_bytes_count_scales():
+    """bits per weight: exactly 2 (ternary) and 1 (binary) plus one fp32 scale per row of K weights."""
+    n, k = 16, 4096
+    t, b = Q.quantize(torch.randn(n, k), "w2a8-ternary"), Q.quantize(torch.randn(n, k), "w1a4-binary")
+    assert t.nbytes == n * (k // 4 + 4) and b.nbytes == n * (k // 8 + 4)
+    assert t.bits_per_weight == 2 + 32 / k and b.bits_per_weight == 1 + 32 / k
+    assert t.q.dtype == b.q.dtype == torch.uint8 and t.scales.dtype == b.scales.dtype == torch.float32
+    r = Q.random_packed("w2a8-ternary", n, 300)
+    assert r.nbytes == Q.quantize(torch.randn(n, 300), "w2a8-ternary").nbytes == n * (384 // 4 + 4)
+    assert Q.random_packed("w1a4-binary", n, 300).q.shape == (n, 512 // 8)
+
+
+def test_low_bit_fallback_and_accuracy(monkeypatch):
+    """Without the build, linear runs the reference; the fake-quant path models the same arithmetic;
+    the layer error is what ternary (about 0.3 relative) and binary (about 0.6) weights cost on Gaussians."""
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(64, 512, generator=g), torch.randn(4, 512, generator=g)
+    true = x @ w.T
+    for scheme, tol in (("w2a8-ternary", 0.6), ("w1a4-binary", 0.8)):
+        p = Q.quantize(w, scheme)
+        y = Q.linear(x, p)
+        assert float((y - true).norm() / true.norm()) < tol, scheme
+        assert torch.allclose(Q.fake_linear(x, p), Q.linear_ref(x, p), rtol=1e-4, atol=1e-3)
+    monkeypatch.setattr(Q.ops, "available", lambda: False)
+    assert Q.ops.binary_path() == "torch-fallback"
+    for scheme in LOW_BIT:
+        p = Q.quantize(w[:9, :70], scheme)
+        assert torch.equal(Q.linear(x[:, :70], p), Q.linear_ref(x[:, :70], p))
+
+
 def test_int8_peak_probe_computes_its_sums(quant_ops):
     """The int8 roof probe does the arithmetic it claims (so its GOP/s count real work): each int32 lane
     of a thread's row sums iters x 4 products u x s per chain, u = 3 + c % 4, s = -5 - c % 3."""
@@ -224,19 +395,22 @@ def op_case(case: str):
         p = Q.dgq_pack(w, 64)
         return "quant_dgq_linear", (x, p.q, p.kint, p.scale, p.group)
     p = Q.quantize(w, case)
+    if p.scheme.kind:
+        return f"quant_{p.scheme.kind}_linear", (x, p.q, p.scales)
     if p.scheme.wbits == 8:
         return "quant_w8_linear", (x, p.q, p.scales, p.scheme.a8)
     return "quant_w4_linear", (x, p.q, p.scales, p.zeros, p.group, p.scheme.a8)
 
 
-@pytest.mark.parametrize("case", ["w8a16", "w8a8", "w4a16-g64-asym", "w4a8-g32", "dgq"])
+@pytest.mark.parametrize("case", ["w8a16", "w8a8", "w4a16-g64-asym", "w4a8-g32", "dgq", "w2a8-ternary",
+                                  "w1a4-binary"])
 def test_opcheck(quant_ops, case):
     """Schema, fake kernel (shape and dtype under FakeTensor and dynamic shapes) and the C++ kernel agree."""
     name, args = op_case(case)
     torch.library.opcheck(getattr(quant_ops, name).default, args)
 
 
-@pytest.mark.parametrize("case", ["w8a8", "w4a16-g64-asym", "dgq"])
+@pytest.mark.parametrize("case", ["w8a8", "w4a16-g64-asym", "dgq", "w2a8-ternary", "w1a4-binary"])
 def test_fake_kernels_need_no_build(case):
     """The schemas and fake kernels live in Python: shapes propagate even where nothing is compiled."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -269,7 +443,8 @@ def test_backend_is_decided_once(monkeypatch):
 
 
 KERNEL_TESTS = ["test_the_path_under_test", "test_linear_matches_reference", "test_linear_awkward_and_batched",
-                "test_w8a8_tiles", "test_int8_peak_probe_computes_its_sums", "test_w4a8_register_tiles", "test_dgq_register_tiles", "test_dgq_kernel_matches_reference",
+                "test_low_bit_kernels_match_reference", "test_low_bit_awkward_shapes", "test_low_bit_saturated",
+                "test_low_bit_ops_reject_wrong_tensors", "test_binary_popcount_path", "test_w8a8_tiles", "test_int8_peak_probe_computes_its_sums", "test_w4a8_register_tiles", "test_dgq_register_tiles", "test_dgq_kernel_matches_reference",
                 "test_dgq_kernel_batched_and_bad_inputs", "test_cpp_op_rejects_wrong_tensors", "test_opcheck"]
 
 

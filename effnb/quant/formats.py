@@ -1,4 +1,5 @@
-"""Scheme strings and the packed weights the kernels read: int8 per channel, int4 per group, DGQ.
+"""Scheme strings and the packed weights the kernels read: int8 per channel, int4 per group, DGQ,
+ternary (2 bits) and binary (1 bit) weights.
 
 Why one module: the byte layout is the contract between Python and
 ``kernels/quant/quant.cpp``; packing, unpacking and the random stand-ins the
@@ -12,7 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-SCHEME_RE = re.compile(r"^w(?P<wb>[48])a(?P<ab>8|16)(?:-g(?P<g>\d+))?(?P<asym>-asym|-sym)?$")
+SCHEME_RE = re.compile(r"^w(?P<wb>[1248])a(?P<ab>4|8|16)(?:-g(?P<g>\d+))?(?P<asym>-asym|-sym)?"
+                       r"(?P<kind>-ternary|-binary)?$")
+TERNARY_BLOCK = 128   # ternary K is padded to whole blocks of 128 weights (32 bytes)
+BINARY_BLOCK = 256    # binary K is padded to whole blocks of 256 weights (32 bytes)
 
 
 @dataclass(frozen=True)
@@ -22,12 +26,15 @@ class Scheme:
     abits: int
     group: int | None   # None: per output channel
     asym: bool
+    kind: str = ""      # "ternary" (w2a8) or "binary" (w1a4); "" for the integer schemes
 
     @property
     def a8(self) -> bool:
         return self.abits == 8
 
     def __str__(self) -> str:
+        if self.kind:
+            return f"w{self.wbits}a{self.abits}-{self.kind}"
         g = f"-g{self.group}" if self.group else ""
         return f"w{self.wbits}a{self.abits}{g}{'-asym' if self.asym else ''}"
 
@@ -39,9 +46,18 @@ def parse_scheme(scheme: str | Scheme) -> Scheme:
     m = SCHEME_RE.match(str(scheme).strip().lower())
     if not m:
         raise ValueError(f"unknown scheme {scheme!r}: use w8a16, w8a8, w4a16-g64, w4a8-g128 "
-                         "(int4 groups are multiples of 32; add -asym for a zero point per group)")
+                         "(int4 groups are multiples of 32; add -asym for a zero point per group), "
+                         "w2a8-ternary or w1a4-binary")
     wb, ab, g, asym = int(m["wb"]), int(m["ab"]), m["g"], m["asym"] == "-asym"
     group = int(g) if g else None
+    kind = (m["kind"] or "")[1:]
+    if kind or wb in (1, 2) or ab == 4:
+        want = {"ternary": "w2a8-ternary", "binary": "w1a4-binary"}
+        if kind and (wb, ab, g, m["asym"]) == ((2, 8, None, None) if kind == "ternary" else (1, 4, None, None)):
+            return Scheme(wb, ab, None, False, kind)
+        raise ValueError(f"scheme {scheme!r}: ternary and binary weights come as exactly "
+                         f"{want['ternary']} (2-bit weights, int8 activations) or {want['binary']} (sign weights, "
+                         "4-bit activations), one scale per output row, no groups or zero points")
     if wb == 8 and (group or asym):
         raise ValueError(f"scheme {scheme!r}: int8 weights are per output channel and symmetric; use w8a16 or w8a8")
     if group is not None and (group < 32 or group % 32):
@@ -69,8 +85,9 @@ class Packed(_WeightBytes):
     k: int
     kp: int                    # K padded (zeros) to whole blocks
     group: int                 # int4 group (kp for per-channel); 0 for int8
-    q: torch.Tensor            # int8 [N, kp] or uint8 [N, kp/2] (two int4 per byte)
-    scales: torch.Tensor       # fp32 [N] (int8) or fp16 [N, kp/group] (int4)
+    q: torch.Tensor            # int8 [N, kp] or uint8 [N, kp/2] (two int4 per byte), [N, kp/4] (ternary),
+                               # [N, kp/8] (binary)
+    scales: torch.Tensor       # fp32 [N] (int8, ternary, binary) or fp16 [N, kp/group] (int4)
     zeros: torch.Tensor        # uint8 [N, kp/group], empty when symmetric
 
     def parts(self) -> tuple:
@@ -147,6 +164,8 @@ def quantize(weight: torch.Tensor, scheme: str | Scheme, hessian: torch.Tensor |
                              "int8 per channel is close to lossless with plain rounding")
         from .gptq import gptq_int4
         return gptq_int4(w, sch, hessian)
+    if sch.kind:
+        return quantize_low_bit(w, sch)
     if sch.wbits == 8:
         kp = round_up(k, 32)
         wp = torch.nn.functional.pad(w, (0, kp - k))
@@ -189,9 +208,77 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.cat([b & 0x0F, b >> 4], dim=2).reshape(n, half * 2)
 
 
+def quantize_low_bit(w: torch.Tensor, sch: Scheme) -> Packed:
+    """Ternary (BitNet b1.58's absmean) or binary (sign) weights of an fp32 weight [N, K].
+
+    Both keep one fp32 scale per output row, s = mean |w| over the row's K weights (1 for an all-zero
+    row). Ternary: q = round(clip(w / s, -1, 1)) in {-1, 0, +1}, stored as the code c = q + 1.
+    Binary: q = +1 where w >= 0, -1 elsewhere, stored as the bit (q + 1) / 2.
+    """
+    n, k = w.shape
+    s = w.abs().mean(1)
+    s = torch.where(s > 0, s, torch.ones_like(s)).contiguous()
+    if sch.kind == "ternary":
+        kp = round_up(k, TERNARY_BLOCK)
+        q = torch.round(torch.clamp(w / s[:, None], -1.0, 1.0))
+        c = torch.nn.functional.pad(q + 1, (0, kp - k), value=1.0).to(torch.uint8)  # padding: weight 0
+        return Packed(sch, n, k, kp, 0, pack_ternary(c), s, torch.empty(0, dtype=torch.uint8))
+    kp = round_up(k, BINARY_BLOCK)
+    bits = torch.nn.functional.pad((w >= 0).to(torch.uint8), (0, kp - k))  # padding: bit 0 (its x is 0)
+    return Packed(sch, n, k, kp, 0, pack_bits(bits), s, torch.empty(0, dtype=torch.uint8))
+
+
+def pack_ternary(c: torch.Tensor) -> torch.Tensor:
+    """uint8 codes [N, Kp] in {0, 1, 2} (Kp a multiple of 128) -> [N, Kp/4] bytes in the kernel's layout.
+
+    Every block of 128 weights is 32 bytes; byte j holds weight j in bits 0-1, weight 32 + j in bits
+    2-3, weight 64 + j in bits 4-5 and weight 96 + j in bits 6-7. One 32-byte load, a shift by 0, 2,
+    4 or 6 and an AND with 3 give 32 consecutive codes in order (AVX2: vpsrlw + vpand).
+    """
+    n, kp = c.shape
+    if kp % TERNARY_BLOCK:
+        raise ValueError(f"pack_ternary needs K a multiple of {TERNARY_BLOCK}, got {kp}")
+    if c.numel() and int(c.max()) > 2:
+        raise ValueError("pack_ternary takes codes 0, 1, 2 (weight + 1)")
+    b = c.to(torch.uint8).reshape(n, kp // 128, 4, 32)
+    return (b[:, :, 0] | (b[:, :, 1] << 2) | (b[:, :, 2] << 4) | (b[:, :, 3] << 6)).reshape(n, kp // 4).contiguous()
+
+
+def unpack_ternary(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_ternary`: codes [N, Kp] in {0, 1, 2}."""
+    n, q = packed.shape
+    b = packed.reshape(n, q // 32, 1, 32)
+    return torch.cat([(b >> s) & 3 for s in (0, 2, 4, 6)], dim=2).reshape(n, q * 4)
+
+
+_BIT = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """uint8 bits [N, Kp] in {0, 1} (Kp a multiple of 256) -> [N, Kp/8] bytes: bit i of byte j is weight
+    8 j + i, so read as little-endian 64-bit words, bit i of word j is weight 64 j + i."""
+    n, kp = bits.shape
+    if kp % BINARY_BLOCK:
+        raise ValueError(f"pack_bits needs K a multiple of {BINARY_BLOCK}, got {kp}")
+    if bits.numel() and int(bits.max()) > 1:
+        raise ValueError("pack_bits takes bits 0 and 1")
+    b = bits.to(torch.uint8).reshape(n, kp // 8, 8)
+    return (b * _BIT).sum(-1, dtype=torch.int32).to(torch.uint8).contiguous()
+
+
+def unpack_bits(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: bits [N, Kp] in {0, 1}."""
+    n, q = packed.shape
+    return ((packed[..., None] & _BIT) != 0).to(torch.uint8).reshape(n, q * 8)
+
+
 def dequantize(p: Packed) -> torch.Tensor:
     """The fp32 weight [N, K] that ``p`` represents."""
-    if p.scheme.wbits == 8:
+    if p.scheme.kind == "ternary":
+        w = (unpack_ternary(p.q).float() - 1.0) * p.scales[:, None]
+    elif p.scheme.kind == "binary":
+        w = (unpack_bits(p.q).float() * 2.0 - 1.0) * p.scales[:, None]
+    elif p.scheme.wbits == 8:
         w = p.q.float() * p.scales[:, None]
     else:
         u = unpack_int4(p.q).float().reshape(p.n, p.kp // p.group, p.group)
@@ -211,6 +298,9 @@ def random_packed(scheme: str | Scheme, n: int, k: int, seed: int = 0) -> Packed
     and packing real weights for every cold copy would dominate the run)."""
     sch = parse_scheme(scheme)
     g = torch.Generator().manual_seed(seed)
+    if sch.kind:
+        w = torch.randn(n, k, generator=g)
+        return quantize_low_bit(w, sch)
     if sch.wbits == 8:
         kp = round_up(k, 32)
         q = torch.randint(-127, 128, (n, kp), generator=g, dtype=torch.int8)

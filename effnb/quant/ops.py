@@ -20,6 +20,9 @@ SCHEMAS = {  # x is fp32 [M, K]; every op returns fp32 [M, N], N the weight's ro
     "quant_dgq_linear": "(Tensor x, Tensor packed, Tensor kint, Tensor scale, int group) -> Tensor",
     "quant_peak_int8": "(Tensor(a!) out, int iters) -> ()",      # kernels/quant/peak.cpp
     "quant_peak_chains": "(Tensor out) -> int",
+    "quant_ternary_linear": "(Tensor x, Tensor packed, Tensor scales) -> Tensor",   # kernels/quant/ternary.cpp
+    "quant_binary_linear": "(Tensor x, Tensor packed, Tensor scales) -> Tensor",    # kernels/quant/binary.cpp
+    "quant_binary_path": "(Tensor probe) -> str",   # the popcount path binary.cpp was built with
 }
 
 _loaded: list[bool] = []   # the answer of available(), asked once per process
@@ -39,6 +42,8 @@ def _declare() -> None:
     torch.library.register_fake("effnb::quant_dgq_linear")(
         lambda x, packed, kint, scale, group: _output(x, packed))
     torch.library.register_fake("effnb::quant_peak_int8")(lambda out, iters: None)
+    torch.library.register_fake("effnb::quant_ternary_linear")(lambda x, packed, scales: _output(x, packed))
+    torch.library.register_fake("effnb::quant_binary_linear")(lambda x, packed, scales: _output(x, packed))
 
 
 def available() -> bool:
@@ -71,11 +76,24 @@ def linear(x: torch.Tensor, p: Packed) -> torch.Tensor:
     if not available():
         return linear_ref(x2, p).reshape(*lead, p.n)
     ops = torch.ops.effnb
-    if p.scheme.wbits == 8:
+    if p.scheme.kind == "ternary":
+        y = ops.quant_ternary_linear(x2, p.q, p.scales)
+    elif p.scheme.kind == "binary":
+        y = ops.quant_binary_linear(x2, p.q, p.scales)
+    elif p.scheme.wbits == 8:
         y = ops.quant_w8_linear(x2, p.q, p.scales, p.scheme.a8)
     else:
         y = ops.quant_w4_linear(x2, p.q, p.scales, p.zeros, p.group, p.scheme.a8)
     return y.reshape(*lead, p.n)
+
+
+def binary_path() -> str:
+    """The popcount path of the w1a4-binary kernel in this build: ``avx512-vpopcntdq``, ``avx2-pshufb``
+    (nibble lookup), ``scalar`` (one popcnt per 64-bit word), or ``torch-fallback``. The integer
+    dot-product path that :func:`backend` names is the one of the other kernels (ternary included)."""
+    if not available():
+        return ext.FALLBACK
+    return torch.ops.effnb.quant_binary_path(torch.empty(0))
 
 
 def dgq_linear(x: torch.Tensor, p: DGQPacked) -> torch.Tensor:

@@ -10,19 +10,20 @@ import torch
 from .formats import DGQPacked, Packed, dequantize, dgq_dequantize
 
 
-def quantize_acts(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_acts(x: torch.Tensor, block: int, qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 per row and block of ``block`` values, exactly as the kernel does it.
 
-    Returns (q int8 [M, K], scales fp32 [M, K/block]); K must be a multiple of block.
+    Returns (q int8 [M, K], scales fp32 [M, K/block]); K must be a multiple of block. ``qmax=7``
+    gives the 4-bit codes of w1a4-binary (in [-7, 7], scale max|x| / 7).
     """
     m, k = x.shape
     xb = x.reshape(m, k // block, block)
     amax = xb.abs().amax(-1)
-    # 127 / amax as one IEEE division, like the kernel (`127.0 / tensor` in torch is
+    # qmax / amax as one IEEE division, like the kernel (`127.0 / tensor` in torch is
     # reciprocal-then-multiply: two roundings, and now and then a different int8 code)
-    inv = torch.where(amax > 0, torch.full_like(amax, 127.0) / amax, torch.zeros_like(amax))
-    q = torch.clamp(torch.round(xb * inv[..., None]), -127, 127)
-    return q.reshape(m, k).to(torch.int8), amax / 127.0
+    inv = torch.where(amax > 0, torch.full_like(amax, float(qmax)) / amax, torch.zeros_like(amax))
+    q = torch.clamp(torch.round(xb * inv[..., None]), -qmax, qmax)
+    return q.reshape(m, k).to(torch.int8), amax / float(qmax)
 
 
 def prep_x(x: torch.Tensor, p) -> tuple[torch.Tensor, tuple]:
@@ -44,13 +45,21 @@ def _int8_acts(xp: torch.Tensor, block: int, dtype: torch.dtype) -> torch.Tensor
     return (q.to(dtype).reshape(m, k // block, block) * s.to(dtype)[..., None]).reshape(m, k)
 
 
+def act_block(p: Packed) -> int:
+    """Activations per scale: the whole (padded) token for w8a8, ternary and binary, the group for w4a8."""
+    return p.kp if p.scheme.wbits == 8 or p.scheme.kind else p.group
+
+
 def linear_ref(x: torch.Tensor, p: Packed) -> torch.Tensor:
     """Reference ``x @ W^T`` in float64 arithmetic on the same quantized numbers as the kernel."""
     x2, lead = prep_x(x, p)
     xp = torch.nn.functional.pad(x2, (0, p.kp - p.k))
     w = torch.nn.functional.pad(dequantize(p), (0, p.kp - p.k)).double()
-    if p.scheme.a8:
-        xd = _int8_acts(xp, p.kp if p.scheme.wbits == 8 else p.group, torch.float64)
+    if p.scheme.abits == 4:
+        q, s = quantize_acts(xp, p.kp, qmax=7)
+        xd = q.double() * s.double()
+    elif p.scheme.a8:
+        xd = _int8_acts(xp, act_block(p), torch.float64)
     else:
         xd = xp.double()
     return (xd @ w.T).float().reshape(*lead, p.n)
@@ -60,9 +69,13 @@ def fake_linear(x: torch.Tensor, p: Packed, w: torch.Tensor | None = None) -> to
     """The quantized arithmetic of ``linear`` in fp32 torch ops (any batch size, fast)."""
     x2, lead = prep_x(x, p)
     w = dequantize(p) if w is None else w
-    if p.scheme.a8:
+    if p.scheme.abits == 4:
         xp = torch.nn.functional.pad(x2, (0, p.kp - p.k))
-        x2 = _int8_acts(xp, p.kp if p.scheme.wbits == 8 else p.group, torch.float32)[:, :p.k]
+        q, s = quantize_acts(xp, p.kp, qmax=7)
+        x2 = (q.float() * s)[:, :p.k]
+    elif p.scheme.a8:
+        xp = torch.nn.functional.pad(x2, (0, p.kp - p.k))
+        x2 = _int8_acts(xp, act_block(p), torch.float32)[:, :p.k]
     return torch.nn.functional.linear(x2, w).reshape(*lead, p.n)
 
 

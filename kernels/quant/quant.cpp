@@ -4,6 +4,9 @@
 //   quant_w8_linear   int8.cpp   W8A16, W8A8
 //   quant_w4_linear   int4.cpp   W4A16, W4A8 (register tile of rows x tokens)
 //   quant_dgq_linear  dgq.cpp    DGQ: int4 codes, integer group scales, W4A8
+//   quant_ternary_linear  ternary.cpp  W2A8: ternary codes (2 bits) x int8, the same u8 x s8 step
+//   quant_binary_linear   binary.cpp   W1A4: sign bits x 4-bit activations, popcount over bit-planes
+//   quant_binary_path     binary.cpp   the popcount path of that build (avx512-vpopcntdq, avx2-pshufb, scalar)
 //   quant_peak_int8   peak.cpp   the int8 dot-product step alone: this build's int8 roof
 //
 // quant.h explains the formats and the code paths.
@@ -22,6 +25,9 @@ TORCH_LIBRARY_IMPL(effnb, CPU, m) {
   m.impl("quant_w8_linear", &effnb::quant::quant_w8_linear);
   m.impl("quant_w4_linear", &effnb::quant::quant_w4_linear);
   m.impl("quant_dgq_linear", &effnb::quant::quant_dgq_linear);
+  m.impl("quant_ternary_linear", &effnb::quant::quant_ternary_linear);
+  m.impl("quant_binary_linear", &effnb::quant::quant_binary_linear);
+  m.impl("quant_binary_path", &effnb::quant::quant_binary_path);
   m.impl("quant_peak_int8", &effnb::quant::quant_peak_int8);
   m.impl("quant_peak_chains", &effnb::quant::quant_peak_chains);
 }

@@ -3,6 +3,12 @@
 //   torch.ops.effnb.quant_w8_linear(x, q, scales, a8)                  -> y = x @ W^T
 //   torch.ops.effnb.quant_w4_linear(x, packed, scales, zeros, group, a8) -> y = x @ W^T
 //   torch.ops.effnb.quant_dgq_linear(x, packed, kint, scale, group)      -> y = x @ W^T (DGQ, W4A8)
+//   torch.ops.effnb.quant_ternary_linear(x, packed, scales)              -> y = x @ W^T (W2A8 ternary)
+//   torch.ops.effnb.quant_binary_linear(x, packed, scales)               -> y = x @ W^T (W1A4 binary)
+//
+// ternary.cpp and binary.cpp explain their formats: 2-bit codes c = w + 1 in {0, 1, 2}, four
+// per byte (x the int8 codes, the u8 x s8 step below), and sign bits x 4-bit activation
+// bit-planes by popcount (its own path: quant_binary_path()).
 //
 // x is fp32 [M, K]; y is fp32 [M, N]. The schemas (and fake kernels) are declared in
 // effnb/quant/ops.py; quant.cpp only registers the CPU implementations, which live in
@@ -310,6 +316,9 @@ at::Tensor quant_w4_linear(const at::Tensor& x, const at::Tensor& packed, const 
                            const at::Tensor& zeros, int64_t group, bool a8);
 at::Tensor quant_dgq_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& kint,
                             const at::Tensor& scale, int64_t group);
+at::Tensor quant_ternary_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales);
+at::Tensor quant_binary_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales);
+std::string quant_binary_path(const at::Tensor& probe);
 void quant_peak_int8(const at::Tensor& out, int64_t iters);
 int64_t quant_peak_chains(const at::Tensor& out);
 
