@@ -78,16 +78,18 @@ void int8_tile(const Int8Args& A, int64_t row, int64_t i0, bool a8, float* py, i
 //   sum (w + 128) a = sum w a + 128 sum a,
 // and the token's code sum (computed once when the activations are quantized)
 // takes the 128 back out: no per-token sign trick, no int16 stage. Each activation
-// load serves R rows, each weight load T tokens. 256-bit registers on purpose: on
-// the AMD Zen 4 of chapter 02 a 512-bit vpdpbusd has half the throughput of two
-// 256-bit ones (quant_peak_int8 and the chapter measure it). With AVX-512VL there
+// load serves R rows, each weight load T tokens. Below T tokens the weights stream
+// from memory and rows are walked one after another (interleaved rows read cold at
+// under half the speed of one row here). 256-bit registers on purpose: on
+// the AMD Zen 4 of chapter 02 a 512-bit vpdpbusd had half the throughput of two
+// 256-bit ones in our development runs (quant_peak_int8 measures the 256-bit step). With AVX-512VL there
 // are 32 of them (4 x 4 tile: 16 accumulators; 4 x 6 spilled under GCC 12); AVX2
 // has 16 (2 x 4). The K loop is unrolled 4 times: without it GCC copies every
 // accumulator between registers once per step, which halved the speed here.
 #if defined(__AVX512VL__)
 constexpr int kW8R = 4, kW8T = 4;
 #else
-constexpr int kW8R = 4, kW8T = 4;
+constexpr int kW8R = 2, kW8T = 4;
 #endif
 
 // K is walked in blocks of kW8KB bytes, partial sums waiting in `part` between blocks, so that a
@@ -144,6 +146,17 @@ void w8a8_rows(const Int8Args& A, const int32_t* xsum, int64_t row0, int64_t i0,
 // threads over blocks of kW8R rows (the last n % kW8R rows one at a time); each block walks K in
 // blocks, all tokens per K block
 void w8a8_blocks(const Int8Args& A, const int32_t* xsum, int64_t m, int64_t n, float* py) {
+  if (m < kW8T) {  // few tokens: the weights stream from memory, and one row after another streams fastest
+#pragma omp parallel
+    {
+      std::vector<__m256i> part(static_cast<size_t>(m));
+#pragma omp for schedule(dynamic, 32)
+      for (int64_t row = 0; row < n; ++row)
+        for (int64_t k0 = 0; k0 < A.kp; k0 += kW8KB)
+          w8a8_rows<1>(A, xsum, row, 0, m, k0, std::min(A.kp, k0 + kW8KB), part.data(), py, n);
+    }
+    return;
+  }
   const int64_t nblocks = (n + kW8R - 1) / kW8R;
 #pragma omp parallel
   {
