@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-HERE_HW = "test-cpu-2c-avx2-24g"      # stands for "this machine"
+HERE_HW = "test-epyc-2c-avx512vnni-24g"  # stands for "this machine" (as long as a real id: headings must wrap)
 OTHER_HW = "nvidia-h100-test"         # a run committed from another machine
 STEM = "01_measuring"
 
