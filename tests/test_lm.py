@@ -260,3 +260,16 @@ def test_unknown_model_and_bad_arguments_say_what_to_do(monkeypatch, tmp_path):
         generate(m, [1, 2], -1)
     with pytest.raises(ValueError, match="stride"):
         score(m, list(range(10)), context=4, stride=4)
+
+
+def test_the_transposed_head_gives_the_same_logits_and_goes_stale_safely():
+    model, _ = lm.load("byte-xs")
+    x = torch.randn(3, 1, model.cfg.dim)
+    plain = model.logits(x)
+    model.transpose_head()
+    assert model._head_t is not None
+    torch.testing.assert_close(model.logits(x), plain, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        model.head.weight.mul_(2.0)                 # changed in place: the copy must not be used any more
+    torch.testing.assert_close(model.logits(x), 2 * plain, atol=1e-4, rtol=1e-5)
+    assert model._head_t is None

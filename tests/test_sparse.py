@@ -72,10 +72,11 @@ def test_awkward_shapes_and_empty_rows_match_reference(n, k, p, pattern, sparsit
 ROW_NNZ = [0, 1, 2, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 23, 24, 25, 31, 32, 33, 47, 48, 49, 50, 97]
 
 
+@pytest.mark.parametrize("spmv", ["blocks", "csr"])
 @pytest.mark.parametrize("k, index_dtype", [(100, "auto"), (65536, "auto"), (65536, "int32"), (70000, "auto")])
-def test_every_row_length_and_high_columns_match_reference(k, index_dtype):
-    """One row per nonzero count around the SpMV loop's blocks (24 = 8 gathered + 16 scalar, then 8, 4, 1)
-    and the SpMM loop's pairs of nonzeros, with columns up to k - 1 (uint16 indices >= 32768 read four at a
+def test_every_row_length_and_high_columns_match_reference(k, index_dtype, spmv):
+    """One row per nonzero count around the SpMV loops' blocks (CSR: 24 = 8 gathered + 16 scalar, then 8, 4,
+    1; column blocks: 3 blocks = 1 gathered + 2 scalar, then 1) and the SpMM loop's pairs of nonzeros, with columns up to k - 1 (uint16 indices >= 32768 read four at a
     time must not sign-extend), for the vector and for every strip width of the matrix kernel."""
     g = torch.Generator().manual_seed(k)
     w = torch.zeros(len(ROW_NNZ), k)
@@ -83,13 +84,19 @@ def test_every_row_length_and_high_columns_match_reference(k, index_dtype):
         cols = torch.randperm(k - 1, generator=g)[:cnt - 1] if cnt else torch.zeros(0, dtype=torch.long)
         cols = torch.cat([cols, torch.tensor([k - 1] if cnt else [], dtype=torch.long)])  # the last column too
         w[r, cols] = torch.randn(len(cols), generator=g).abs() + 0.1
-    sw = S.sparsify(w, None, index_dtype=index_dtype)
+    sw = S.sparsify(w, None, index_dtype=index_dtype, spmv=spmv if k <= 65536 else "auto")
     assert torch.equal(torch.tensor([int(c) for c in sw.ptr.diff()]), torch.tensor(ROW_NNZ))
+    assert (sw.blocks is not None) == (spmv == "blocks" and k <= 65536)   # the vector runs on column blocks
     for p in (1, 2, 7, 8, 9, 16, 24, 31, 32, 33, 65):
         b = torch.randn(k, p, generator=g)
         ref = ref_matmul(sw, b)
         assert close(S.matmul(sw, b), ref, k), p
         assert close(S.matmul(sw, b[:, 0].contiguous()), ref[:, 0], k)
+
+
+def _blocks_args(sw):
+    bl = S.formats.column_blocks(sw.ptr, sw.col, sw.values, sw.shape[1])
+    return bl.ptr, bl.base, bl.offset, bl.values
 
 
 def _op_args():
@@ -102,6 +109,7 @@ def _op_args():
     return [("sparse_spmm", (csr.ptr, csr.col, csr.values, b, 13)),
             ("sparse_spmm", (csr32.ptr, csr32.col, csr32.values, b, 13)),
             ("sparse_spmv", (csr.ptr, csr.col, csr.values, x, 13)),
+            ("blocked_spmv", (*_blocks_args(csr), x, 13)),
             ("group4_spmm", (grp.ptr, grp.col, grp.values, b, 13)),
             ("group4_spmv", (grp.ptr, grp.col, grp.values, x, 13)),
             ("dense4_spmm", (d4.values, b, 13)),
@@ -147,8 +155,121 @@ def test_kernels_reject_bad_inputs(mutate, match):
         torch.ops.effnb.sparse_spmm(*mutate(_op_args()[0][1]))
 
 
+@pytest.mark.parametrize("mutate, match", [
+    (lambda a: (a[0].long(), *a[1:]), "block row pointer is Long"),
+    (lambda a: (a[0], a[1].int(), *a[2:]), "base columns is Int"),
+    (lambda a: (a[0], a[1], a[2].to(torch.int8), *a[3:]), "offsets is Char"),
+    (lambda a: (*a[:3], a[3].double(), *a[4:]), "values is Double"),
+    (lambda a: (*a[:4], a[4][::2], a[5]), "x is strided"),
+    (lambda a: (*a[:5], 12), "expected 13 entries"),
+    (lambda a: (a[0], a[1], a[2][:-1].contiguous(), *a[3:]), "8 offsets and 8 values"),
+    (lambda a: (a[0], a[1][:-1].contiguous(), *a[2:]), "8 offsets and 8 values"),
+    (lambda a: (a[0] + 1, *a[1:]), "run from 0"),
+    (lambda a: (*a[:4], torch.randn(65537), a[5]), "at most 65536"),
+    (lambda a: (*a[:4], torch.randn(2, 37), a[5]), "1-D"),
+])
+def test_blocked_spmv_rejects_bad_inputs(mutate, match):
+    if not S.available():
+        pytest.skip("the C++ checks need the C++ kernels")
+    args = next(a for name, a in _op_args() if name == "blocked_spmv")
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.effnb.blocked_spmv(*mutate(args))
+
+
+def _check_blocks(sw):
+    """The column blocks of ``sw`` against its CSR: same weight, every block as the greedy rule makes it,
+    padding inert; and the blocked SpMV (the kernel through matmul, and the op's reference) against it."""
+    n, k = sw.shape
+    bl = sw.blocks
+    assert bl is not None
+    assert torch.equal(S.reference.blocks_to_dense(bl, sw.shape), sw.to_dense())
+    nb = len(bl.base)
+    assert bl.ptr.dtype == torch.int32 and bl.base.dtype == torch.int16 and bl.offset.dtype == torch.uint8
+    assert int(bl.ptr[0]) == 0 and int(bl.ptr[-1]) == nb and bool((bl.ptr.diff() >= 0).all())
+    assert bl.offset.numel() == bl.values.numel() == 8 * nb
+    base = bl.base.long() & 0xFFFF
+    cols = base[:, None] + bl.offset.view(-1, 8).long()
+    assert bool((cols < k).all())
+    # greedy: a block holds the next min(8, left in row) nonzeros unless the next one lies > 255 past its base
+    col = sw.col.long() & 0xFFFF
+    per_row = bl.ptr.diff().long()
+    row_of = torch.repeat_interleave(torch.arange(n), per_row)
+    first = 0
+    for b in range(nb):
+        r = int(row_of[b])
+        if b == 0 or int(row_of[b - 1]) != r:
+            first = int(sw.ptr[r])
+        left = int(sw.ptr[r + 1]) - first
+        size = int((bl.offset.view(-1, 8)[b] != 0).sum()) + 1     # offsets rise from 0, then padding is 0
+        assert int(base[b]) == int(col[first])
+        assert size == min(8, left) or int(col[first + size]) - int(base[b]) > 255, (b, size, left)
+        v = bl.values.view(-1, 8)[b]
+        assert torch.equal(v[:size], sw.values[first:first + size]) and not bool(v[size:].any())
+        assert not bool(bl.offset.view(-1, 8)[b, size:].any())
+        first += size
+        if b == nb - 1 or int(row_of[b + 1]) != r:
+            assert first == int(sw.ptr[r + 1])                  # the row's blocks hold all its nonzeros
+    x = torch.randn(k, generator=torch.Generator().manual_seed(n + k))
+    ref = sw.to_dense().double() @ x.double()
+    assert close(S.matmul(sw, x), ref, k)
+    got = S.reference.blocked_spmv(bl.ptr, bl.base, bl.offset, bl.values, x.double(), n)
+    assert torch.allclose(got, ref, atol=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 23), k=st.integers(1, 900), sparsity=st.sampled_from([0.0, 0.5, 0.9, 0.99, 0.998]),
+       seed=st.integers(0, 2**16))
+def test_column_blocks_match_csr_and_reference(n, k, sparsity, seed):
+    """Random weights, K off multiples of 8 and past 255 (gaps that close blocks early at high sparsity)."""
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(seed))
+    _check_blocks(S.sparsify(w, sparsity, spmv="blocks"))
+
+
+@pytest.mark.parametrize("k", [1, 9, 255, 256, 257, 4097, 65535, 65536])
+def test_column_blocks_on_awkward_rows(k):
+    """Empty rows, one nonzero, runs of 1..25, gaps of exactly 255 and 256 (the block's reach), the last
+    column (>= 32768 must read as unsigned), one dense row, and a one-row weight."""
+    g = torch.Generator().manual_seed(k)
+    w = torch.zeros(9, k)
+    w[1, k - 1] = 1.5
+    for r, cnt in enumerate([3, 9, 17, 25], start=2):
+        w[r, torch.randperm(k, generator=g)[:min(cnt, k)]] = torch.randn(min(cnt, k), generator=g)
+    for r, gap in ((6, 255), (7, 256)):
+        cols = torch.arange(0, k, gap)[:20]
+        w[r, cols] = torch.arange(1, len(cols) + 1, dtype=torch.float32)
+    w[8, :min(k, 100)] = torch.randn(min(k, 100), generator=g)
+    w[8, k - 1] = -2.0
+    _check_blocks(S.sparsify(w, None, spmv="blocks"))
+    _check_blocks(S.sparsify(w[7:8], None, spmv="blocks"))
+    # columns 255 apart pair up in blocks (0 and 255 share a base), columns 256 apart each close their block
+    c255, c256 = min(20, len(range(0, k, 255))), min(20, len(range(0, k, 256)))
+    assert S.sparsify(w[6:8], None, spmv="blocks").blocks.ptr.tolist() == [0, (c255 + 1) // 2, (c255 + 1) // 2 + c256]
+
+
+def test_spmv_layout_is_chosen_per_matrix_by_bytes():
+    g = torch.Generator().manual_seed(0)
+    sw = S.sparsify(torch.randn(64, 4096, generator=g), 0.9)
+    assert sw.blocks is not None and sw.read_bytes(1) == sw.blocks.nbytes < sw.nbytes == sw.read_bytes(8)
+    assert sw.read_bytes(1) < 0.9 * sw.nbytes                      # ~5.3 bytes per nonzero against ~6
+    clone = sw.clone()
+    assert clone.blocks is not sw.blocks and torch.equal(clone.blocks.values, sw.blocks.values)
+    # two nonzeros per row, far apart: a padded block each costs more than CSR's 6 bytes a nonzero
+    far = torch.zeros(16, 4096)
+    far[:, 0], far[:, 4000] = 1.0, 2.0
+    assert S.sparsify(far, None).blocks is None and S.sparsify(far, None, spmv="blocks").blocks is not None
+    assert S.sparsify(torch.randn(4, 70000, generator=g), 0.9).blocks is None   # uint16 bases: K <= 65536
+    with pytest.raises(ValueError, match="65536"):
+        S.sparsify(torch.randn(4, 70000, generator=g), 0.9, spmv="blocks")
+    with pytest.raises(ValueError, match="spmv"):
+        S.sparsify(torch.randn(4, 8), 0.5, spmv="bcsr")
+    assert S.sparsify(torch.randn(8, 8), 0.5, "1x4").blocks is None
+    assert S.sparsify(torch.randn(8, 8), 0.5, spmv="csr").blocks is None
+
+
 KERNEL_TESTS = ["test_cpp_is_under_test", "test_matmul_matches_reference", "test_every_row_length_and_high_columns_match_reference",
                 "test_awkward_shapes_and_empty_rows_match_reference", "test_opcheck", "test_kernels_reject_bad_inputs",
+                "test_blocked_spmv_rejects_bad_inputs", "test_column_blocks_match_csr_and_reference",
+                "test_column_blocks_on_awkward_rows",
                 "test_empty_rows_and_wide_inputs_use_the_right_index_type", "test_linear_and_conv1x1_match_torch"]
 
 
@@ -417,7 +538,7 @@ def test_linear_peers_agree_and_count_their_own_bytes(small_llc):
             assert counted["torch BSR 4x4"] == sum(t.numel() * t.element_size() for t in (
                 w_bsr.values(), w_bsr.col_indices(), w_bsr.crow_indices()))
             assert abs(1 - w_bsr.values().numel() / (case.n * case.k) - case.sparsity) < 0.1
-        assert counted["effnb CSR"] == sw.nbytes and counted["torch dense F.linear"] == 4 * case.n * case.k
+        assert counted["effnb CSR"] == sw.read_bytes(case.m) and counted["torch dense F.linear"] == 4 * case.n * case.k
         assert counted["torch CSR"] == sum(t.numel() * t.element_size()
                                            for t in (tcsr.values(), tcsr.col_indices(), tcsr.crow_indices()))
         assert counted["scipy CSR"] == scsr.data.nbytes + scsr.indices.nbytes + scsr.indptr.nbytes

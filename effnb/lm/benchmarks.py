@@ -48,13 +48,16 @@ def prefill_flops(model, n: int) -> float:
 
 
 def decode_benchmark(model, hf_model=None, contexts=(16, 256), new_tokens: int = 16, repeats: int = 3,
-                     warmup: int = 1, rounds: int = 1):
-    """Batch-1 greedy decode of ``new_tokens`` after prompts of ``contexts`` tokens: ours vs HF generate."""
+                     warmup: int = 1, rounds: int = 1, variants: dict | None = None):
+    """Batch-1 greedy decode of ``new_tokens`` after prompts of ``contexts`` tokens: ours vs HF generate.
+
+    ``variants`` adds more of our models to the same race, ``{key: (label, model, backend)}``, e.g. the
+    same decoder with quantized Linear layers; each provider's bytes are its own model's."""
     import torch
     from .. import perf
     from .generate import generate
 
-    def ours(ctx):
+    def ours(ctx, model=model):
         ids = _prompt(model.cfg.vocab_size, ctx)
         cache = model.new_cache(capacity=ctx + new_tokens)
         with torch.inference_mode():
@@ -79,7 +82,12 @@ def decode_benchmark(model, hf_model=None, contexts=(16, 256), new_tokens: int =
                                          min_new_tokens=new_tokens, do_sample=False)
         return run
 
-    providers = [perf.Provider("ours", "ours (effnb.lm, fp32)", ours, ours=True, backend="torch")]
+    bytes_of = lambda m: (lambda ctx: decode_bytes(m, ctx, new_tokens))
+    providers = [perf.Provider("ours", "ours (effnb.lm, fp32)", ours, ours=True, backend="torch",
+                               bytes_moved=bytes_of(model))]
+    for key, (label, variant, backend) in (variants or {}).items():
+        providers.append(perf.Provider(key, label, lambda ctx, v=variant: ours(ctx, v), ours=True, backend=backend,
+                                       bytes_moved=bytes_of(variant)))
     if hf_model is not None:
         providers.append(perf.Provider("hf", "HF LlamaForCausalLM.generate (fp32)", hf, backend="transformers"))
     return perf.Benchmark(name=f"batch-1 decode, {new_tokens} tokens", x="context (tokens)",

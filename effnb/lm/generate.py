@@ -106,7 +106,7 @@ def score(model, ids, context: int, stride: int | None = None, progress: bool = 
         if end <= done:
             continue
         h = model.hidden(ids[None, begin:end])[0]
-        logits = model.head(h[done - 1 - begin:end - 1 - begin])     # position p predicts token p + 1
+        logits = model.logits(h[done - 1 - begin:end - 1 - begin])   # position p predicts token p + 1
         nll += float(F.cross_entropy(logits.float(), ids[done:end], reduction="sum"))
         scored += end - done
         done = end

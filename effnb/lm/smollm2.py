@@ -205,7 +205,7 @@ def load(name: str = "smollm2-135m", progress: bool = False):
     if missing or unexpected:
         raise ValueError(f"GGUF tensors do not fit the model: missing {missing}, unexpected {unexpected}")
     model.reset_rope()   # the rotary table was made on the meta device: compute it for real
-    return model.eval(), tokenizer(path)
+    return model.eval().transpose_head(), tokenizer(path)
 
 
 def hf_reference(progress: bool = False):

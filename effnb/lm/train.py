@@ -49,40 +49,56 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def train(cfg, text: str, steps: int, batch: int = 32, context: int = 128, lr: float = 3e-3, warmup: int = 50,
-          seed: int = 0, weight_decay: float = 0.1, progress: bool = True, log_every: int = 50):
-    """Train a fresh :class:`~effnb.lm.model.LM` of shape ``cfg`` on ``text``; return it and the loss history
-    ``[(step, mean train loss in nats per byte over the last log_every steps)]``."""
-    from ..plots import quiet_tqdm
-    from .model import LM
-    if steps < 1 or batch < 1 or context < 2:
-        raise ValueError(f"need steps >= 1, batch >= 1 and context >= 2 (got {steps}, {batch}, {context})")
+def training_bytes(text: str, context: int) -> torch.Tensor:
+    """``text`` as a byte tensor, or a clear error when it holds no window of ``context + 1`` bytes."""
     data = byte_tensor(text)
     if data.numel() <= context + 1:
         raise ValueError(f"the text has {data.numel()} bytes, fewer than one window of {context + 1}")
-    torch.manual_seed(seed)
-    model = LM(cfg).init_weights(seed).train()
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    return data
+
+
+def fit(model, data: torch.Tensor, loss_of, steps: int, batch: int, context: int, lr: float, warmup: int,
+        seed: int, weight_decay: float, desc: str, progress: bool = True, log_every: int = 50):
+    """The loop :func:`train` and :func:`effnb.quant.qat.qat` share: AdamW (weight decay on matrices only),
+    :func:`lr_at`'s schedule, clipping at 1, windows drawn from ``seed + 1``; ``loss_of(x, y)`` is the
+    batch's loss. Returns ``[(step, mean loss over the last log_every steps)]``."""
+    from ..plots import quiet_tqdm
+    params = list(model.parameters())
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(seed + 1)
     history, running = [], []
-    bar = quiet_tqdm()(range(steps), desc=f"train {cfg.n_layers}x{cfg.dim}", disable=not progress)
+    bar = quiet_tqdm()(range(steps), desc=desc, disable=not progress)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
         x, y = sample_batch(data, batch, context, gen)
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        loss = loss_of(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         running.append(loss.item())
         if (step + 1) % log_every == 0 or step + 1 == steps:
             history.append((step + 1, sum(running) / len(running)))
             bar.set_postfix(loss=f"{history[-1][1]:.3f}")
             running = []
+    return history
+
+
+def train(cfg, text: str, steps: int, batch: int = 32, context: int = 128, lr: float = 3e-3, warmup: int = 50,
+          seed: int = 0, weight_decay: float = 0.1, progress: bool = True, log_every: int = 50):
+    """Train a fresh :class:`~effnb.lm.model.LM` of shape ``cfg`` on ``text``; return it and the loss history
+    ``[(step, mean train loss in nats per byte over the last log_every steps)]``."""
+    from .model import LM
+    if steps < 1 or batch < 1 or context < 2:
+        raise ValueError(f"need steps >= 1, batch >= 1 and context >= 2 (got {steps}, {batch}, {context})")
+    data = training_bytes(text, context)
+    torch.manual_seed(seed)
+    model = LM(cfg).init_weights(seed).train()
+    history = fit(model, data, lambda x, y: F.cross_entropy(model(x).flatten(0, 1), y.flatten()), steps, batch,
+                  context, lr, warmup, seed, weight_decay, f"train {cfg.n_layers}x{cfg.dim}", progress, log_every)
     return model.eval(), history
 
 

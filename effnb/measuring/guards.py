@@ -11,58 +11,8 @@ from __future__ import annotations
 from typing import Callable
 
 from .. import bench
+from ..bench import Contention, combine  # noqa: F401  (core since chapter 03 uses them too)
 from .workloads import place
-
-
-class Contention:
-    """How many cores other processes (and the hypervisor) took while the block ran: ``with Contention() as c:``.
-
-    All CPUs' busy time from ``/proc/stat`` minus this process's own CPU time,
-    over the wall time, in cores. A measurement that shared its cores says how
-    fast the machine was when busy, not how fast the kernel is; the chapter's
-    claims need less than ``max_cores`` of it. ``cores`` stays None where /proc is missing.
-    """
-
-    def __init__(self, max_cores: float = 0.5):
-        self.max_cores, self.cores, self.seconds = max_cores, None, 0.0
-
-    @staticmethod
-    def _ticks() -> tuple[int, int] | None:
-        try:
-            with open("/proc/stat") as f:
-                user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
-            with open("/proc/self/stat") as f:
-                own = f.read().rsplit(")", 1)[1].split()  # fields after the command name; utime, stime are 12, 13
-            return user + nice + system + irq + softirq + steal, int(own[11]) + int(own[12])
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def __enter__(self) -> "Contention":
-        import time
-        self._t0, self._start = time.perf_counter(), self._ticks()
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        import os
-        import time
-        self.seconds = time.perf_counter() - self._t0
-        end = self._ticks()
-        if self._start is not None and end is not None and self.seconds > 0:
-            others = (end[0] - self._start[0]) - (end[1] - self._start[1])
-            self.cores = max(0.0, others / os.sysconf("SC_CLK_TCK") / self.seconds)
-        return False
-
-    def validity(self, what: str) -> tuple[bool, str]:
-        if self.cores is None or self.cores <= self.max_cores:
-            return True, ""
-        return False, (f"invalid measurement: other processes kept {self.cores:.1f} cores busy while {what} ran "
-                       f"(at most {self.max_cores:g} allowed): the timings describe a shared machine")
-
-
-def combine(*checks: tuple[bool, str]) -> tuple[bool, str]:
-    """All checks must pass; the reasons of those that failed, joined."""
-    bad = [why for ok, why in checks if not ok]
-    return not bad, "; ".join(bad)
 
 
 def _span_ok(work) -> bool:

@@ -32,7 +32,8 @@ Modules: ``formats`` (schemes, packing), ``gptq`` (GPTQ codes, calibration),
 ``reference`` (torch references), ``ops`` (the C++ ops: schemas, fakes, backend),
 ``modules`` (quantized ``nn.Linear``), ``variants`` (FineQuant, DGQ, QServe),
 ``peers`` (torch's and onnxruntime's kernels), ``experiments`` (the chapter's
-benchmark and quality runs), ``plots``.
+benchmark and quality runs), ``plots``; for chapter 03, ``qat`` (training through
+the rounding) and ``lowbit`` (its race, byte counts and language-model runs).
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ from .modules import KERNEL_MAX_M, FakeQuantLinear, QuantLinear, percentile_clip
 from .ops import available, backend, binary_path, dgq_linear, linear
 from .peers import (ORT_PEERS, ort_available, ort_backend, ort_matmulnbits, ort_name, ort_pack, torch_backend,
                     torch_int4pack)
-from .plots import plot_roofline, plot_speed, roofline_points
+from .plots import plot_qat, plot_roofline, plot_speed, roofline_points
 from .reference import dgq_linear_ref, fake_linear, linear_ref, quantize_acts
 from .variants import (DGQ_CLIP_PCT, FINEQUANT_GROUPS, FINEQUANT_MAX_SHARE, FINEQUANT_RATIO, dgq_pack, dgq_quantize, finequant_group, finequant_scheme,
                        outlier_share, qserve_quantize, variant_makers)
@@ -60,7 +61,7 @@ __all__ = [
     "pack_int4", "pack_ternary", "unpack_ternary", "pack_bits", "unpack_bits", "binary_path", "parse_scheme", "quantize", "random_dgq", "random_packed", "unpack_int4", "calibrate",
     "gptq_int4", "FakeQuantLinear", "QuantLinear", "percentile_clip", "quantize_module", "replace_linears",
     "available", "backend", "dgq_linear", "linear", "ORT_PEERS", "ort_available", "ort_matmulnbits", "ort_name",
-    "ort_pack", "torch_int4pack", "ort_backend", "torch_backend", "plot_roofline", "plot_speed", "roofline_points", "dgq_linear_ref",
+    "ort_pack", "torch_int4pack", "ort_backend", "torch_backend", "plot_qat", "plot_roofline", "plot_speed", "roofline_points", "dgq_linear_ref",
     "fake_linear", "linear_ref", "quantize_acts", "FINEQUANT_GROUPS", "FINEQUANT_RATIO", "FINEQUANT_MAX_SHARE",
     "DGQ_CLIP_PCT", "KERNEL_MAX_M", "dgq_pack", "dgq_quantize",
     "finequant_group", "finequant_scheme", "outlier_share", "qserve_quantize", "variant_makers",

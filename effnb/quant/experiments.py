@@ -23,6 +23,8 @@ from .peers import (ort_available, ort_backend, ort_matmulnbits, ort_name, ort_p
 from .variants import finequant_scheme
 
 OURS = ("w8a16", "w8a8", "w4a16", "w4a8", "dgq")
+LOWBIT = ("w2a8-ternary", "w1a4-binary")           # chapter 03's kernels: schemes without a group
+TORCH_PEER_KEYS = ("fp32", "bf16", "int8pack", "int4pack", "dynamic")
 FOUR_BIT_PEERS = ("int4pack", "ort4", "ort0")   # peers that store 4-bit weights, as our W4 kernels do
 INT8_PEERS = ("int8pack", "dynamic")            # peers that store int8 weights, as our W8 kernels do
 TORCH_PEERS = {"fp32": "torch fp32", "bf16": "torch bf16", "int8pack": "torch int8pack (w8a16)",
@@ -36,7 +38,11 @@ def ort_key(level: int) -> str:
 
 def scheme_of(key: str, group: int) -> str:
     """Our provider key -> the scheme it runs: int4 keys take the benchmark's group ('w4a8' -> 'w4a8-g128')."""
-    return key if key.startswith("w8") else f"{key}-g{group}"
+    return key if key.startswith("w8") or key in LOWBIT else f"{key}-g{group}"
+
+
+def is_ours(key: str) -> bool:
+    return key in OURS or key in LOWBIT
 
 
 def label(key: str, group: int) -> str:
@@ -50,7 +56,7 @@ def label(key: str, group: int) -> str:
 
 def backend_of(key: str) -> str:
     """The code that runs provider ``key``: our family's backend (cpp-<isa path> or torch-fallback) or the library."""
-    if key in OURS:
+    if is_ours(key):
         return ops.backend()
     return ort_backend() if key.startswith("ort") else torch_backend()
 
@@ -65,7 +71,7 @@ def weight_bytes(key: str, n: int, k: int, group: int = 128) -> float:
         return n * -(-k // group) * (group / 2 + 4.0)
     if key == "dgq":
         return float(random_dgq(1, k, group).nbytes) * n
-    if key in OURS:
+    if is_ours(key):
         return float(random_packed(scheme_of(key, group), 1, k).nbytes) * n
     raise KeyError(f"unknown provider {key!r}")
 
@@ -93,7 +99,8 @@ def peer_factories(group: int = 128, ours=OURS, peers=True, threads: int | None 
     returns a distinct copy of the weights (cloned from one random original, which is
     much faster than drawing each), so a cold benchmark really streams them from memory.
     ``ours`` names our kernels: ``w8a16``, ``w8a8``, ``w4a16``, ``w4a8`` (int4 at ``group``)
-    and ``dgq`` for DGQ's W4A8 kernel (``dgq_linear``).
+    and ``dgq`` for DGQ's W4A8 kernel (``dgq_linear``), and the :data:`LOWBIT` schemes. ``peers``
+    is True (all), False (none) or the keys to include (``fp32``, ``int8pack``, ``ort4``, ...).
     """
     F = torch.nn.functional
     base: dict = {}
@@ -146,7 +153,7 @@ def peer_factories(group: int = 128, ours=OURS, peers=True, threads: int | None 
             return lambda: mod(x)
 
         out.update({"fp32": fp32, "bf16": bf16, "int8pack": int8pack, "int4pack": int4pack, "dynamic": dynamic})
-        if ort_available():
+        if ort_available() and (peers is True or any(ort_key(level) in peers for level in ort_levels)):
             sessions: dict = {}
             calls: dict = {}
 
@@ -166,6 +173,8 @@ def peer_factories(group: int = 128, ours=OURS, peers=True, threads: int | None 
                 return lambda: run(x)
             for level in ort_levels:
                 out[ort_key(level)] = lambda size, level=level: ort_f(size, level)
+    if peers is not True:
+        out = {key: fac for key, fac in out.items() if key in set(peers or ())}
     for key in ours:
         if key == "dgq":
             continue
@@ -188,7 +197,7 @@ def peer_factories(group: int = 128, ours=OURS, peers=True, threads: int | None 
 
 
 def benchmark(shape, batch_sizes, group: int = 128, cold: bool = True, repeats: int = 5, warmup: int = 2,
-              ours=OURS, peers: bool = True, rounds: int = 1, threads: int | None = None,
+              ours=OURS, peers=True, rounds: int = 1, threads: int | None = None,
               ort_levels=(4,)) -> perf.Benchmark:
     """Every provider of :func:`peer_factories` on a weight of ``shape`` [N, K] at each M in
     ``batch_sizes``, as one :class:`effnb.perf.Benchmark` (``.run()`` measures it).
@@ -200,13 +209,13 @@ def benchmark(shape, batch_sizes, group: int = 128, cold: bool = True, repeats: 
     """
     n, k = (int(v) for v in shape)
     facs = peer_factories(group, ours, peers, threads, ort_levels)
-    providers = [perf.Provider(key, label(key, group), lambda m, fac=fac: fac((m, n, k)), ours=key in OURS,
+    providers = [perf.Provider(key, label(key, group), lambda m, fac=fac: fac((m, n, k)), ours=is_ours(key),
                                backend=backend_of(key),
                                bytes_moved=lambda m, key=key: bytes_moved(key, (m, n, k), group))
                  for key, fac in facs.items()]
     return perf.Benchmark(name=f"{'cold' if cold else 'warm'} {n}x{k}, {threads or torch.get_num_threads()} threads",
                           x="M", x_values=[int(m) for m in batch_sizes], providers=providers,
-                          baseline="fp32" if peers else providers[0].key, cold=cold,
+                          baseline="fp32" if "fp32" in facs else providers[0].key, cold=cold,
                           flops=lambda m: 2.0 * m * n * k, unit="GB/s", repeats=repeats, rounds=rounds,
                           warmup=warmup)
 

@@ -37,6 +37,11 @@ class QuantLinear(torch.nn.Module):
             y = y + self.bias
         return y.to(x.dtype)
 
+    @property
+    def weight_nbytes(self) -> int:
+        """Bytes a call reads for its weight: codes, scales and zeros (what a decode step streams)."""
+        return self.p.nbytes
+
     def _weight(self) -> torch.Tensor:
         if self._w is None:
             self._w = dequantize(self.p)

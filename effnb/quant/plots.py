@@ -44,3 +44,22 @@ def plot_roofline(runs: dict, limits: dict, m: int = 1):
     roofline.plot(limits, roofline_points(runs, m), ax=ax)
     plots.caption(ax, f"M = {m}, cold weights, {limits.get('threads', '?')} threads", backend=f"ours: {ops.backend()}")
     return ax
+
+
+def plot_qat(histories: dict, steps_label: str = "optimizer step"):
+    """Training loss (bits per byte of the loss the student minimises) against the step, one line per
+    scheme: how fast training through the rounding recovers."""
+    import math
+
+    import matplotlib.pyplot as plt
+    plots.style()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for scheme, hist in histories.items():
+        if hist:
+            steps, loss = zip(*hist)
+            ax.plot(steps, [v / math.log(2) for v in loss], marker="o", markersize=3, label=scheme)
+    ax.set_xlabel(steps_label)
+    ax.set_ylabel("training loss (bits per byte)")
+    ax.legend(fontsize="small", frameon=False)
+    fig.tight_layout()
+    return fig

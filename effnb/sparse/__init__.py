@@ -5,7 +5,9 @@ bytes than the dense one. :func:`sparsify` turns a dense weight into one of
 three layouts the C++ kernels in ``kernels/sparse/sparse.cpp`` understand:
 
 * ``"unstructured"``: CSR (row pointer int32, column index uint16 when the
-  layer has at most 65536 inputs, else int32; fp32 values);
+  layer has at most 65536 inputs, else int32; fp32 values), plus, where it
+  reads fewer bytes, the vector kernel's column blocks (8 nonzeros share a
+  uint16 base column and store uint8 offsets from it: 5.25 bytes a nonzero);
 * ``"1x4"``: groups of four output rows share one column pattern
   (SparseByteNN's fine-grained group sparsity), values stored 4 per column;
 * ``"dense"``: no zeros skipped, the weight packed ``[ceil(N/4), K, 4]`` for the

@@ -20,6 +20,8 @@ FAMILY = "sparse"
 SCHEMAS = {
     "sparse_spmm": "(Tensor rowptr, Tensor colidx, Tensor values, Tensor B, int N) -> Tensor",
     "sparse_spmv": "(Tensor rowptr, Tensor colidx, Tensor values, Tensor x, int N) -> Tensor",
+    # the SpMV of an unstructured weight in column blocks (formats.ColumnBlocks): fewer bytes than CSR
+    "blocked_spmv": "(Tensor bptr, Tensor base, Tensor offset, Tensor values, Tensor x, int N) -> Tensor",
     "group4_spmm": "(Tensor gptr, Tensor colidx, Tensor values, Tensor B, int N) -> Tensor",
     "group4_spmv": "(Tensor gptr, Tensor colidx, Tensor values, Tensor x, int N) -> Tensor",
     "dense4_spmm": "(Tensor W4, Tensor B, int N) -> Tensor",
@@ -87,6 +89,9 @@ def matmul(sparse, b: torch.Tensor) -> torch.Tensor:
     b = b.contiguous()
     if not available():
         return reference.matmul(sw, b)
+    if b.dim() == 1 and sw.blocks is not None:   # chosen per matrix by sparsify: fewer bytes than CSR
+        bl = sw.blocks
+        return torch.ops.effnb.blocked_spmv(bl.ptr, bl.base, bl.offset, bl.values, b, n)
     op = getattr(torch.ops.effnb, _KERNELS[sw.pattern][b.dim() == 1])
     if sw.pattern == "dense":
         return op(sw.values, b, n)
