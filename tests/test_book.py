@@ -144,7 +144,8 @@ def test_landing_names_the_machine_counts_verdicts_and_has_a_card_per_chapter(tr
     assert '<span class="effnb-stat-n">2</span><span class="effnb-stat-label">claims checked</span>' in text
     assert f"::::{{grid-item-card}} 01 \u00b7 Measuring efficiency\n:link: /book/chapters/{bf.STEM}" in text
     assert "**1 of 2** papers' claims held" in text
-    assert text.count("grid-item-card") == 4, "one card per chapter of the table of contents"
+    in_toc = (tree / "_toc.yml").read_text().count("file: book/chapters/")
+    assert in_toc >= 1 and text.count("grid-item-card") == in_toc, "one card per chapter of the table of contents"
 
 
 def _dark_pixels(fig, ax) -> int:
