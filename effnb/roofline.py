@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bench, ext, files, probes, provenance
+from . import bench, ext, files, plots, probes, provenance
 from . import threads as _threads
 
 MIB = 1 << 20
@@ -186,6 +186,8 @@ def peak_flops(n: int = DEFAULT_GEMM_N, threads: int | None = None, repeats: int
 # ---------------------------------------------------------------- the cached machine record
 
 MAX_PROBES = 8           # probes kept per machine and parameters
+MAX_BUSY_CORES = 0.5     # a probe during which other processes took more than this is not trusted alone
+PROBE_TRIES = 3          # probes taken at most in one call while the machine stays busy
 LIMIT_KEYS = ("read_gbps", "copy_gbps", "triad_gbps", "peak_gflops", "gemm_gflops")
 
 
@@ -235,6 +237,12 @@ def probe(threads: int | None = None, mib: int = DEFAULT_MIB, repeats: int = 15,
     }
 
 
+def quiet(rec: dict) -> bool:
+    """Whether a probe had the cores to itself (None: no /proc to tell; records older than the check: no).
+    Load only lowers a limit, so a busy probe alone makes every "% of the limit" look better than it is."""
+    return "busy_cores" in rec and (rec["busy_cores"] is None or rec["busy_cores"] <= MAX_BUSY_CORES)
+
+
 def best_of(taken: list[dict]) -> dict:
     """Each limit as the best over several probes: load on a shared machine only ever lowers a probe."""
     if not taken:
@@ -275,15 +283,22 @@ def machine(threads: int | None = None, refresh: bool = False, mib: int = DEFAUL
     probe_count, probes (the rows of the best read) and where each best came
     from. Cached as JSON under ``$EFFNB_CACHE/roofline/``, one file per machine
     and probe parameters; a new probe is taken when fewer than ``min_probes``
-    are stored or ``refresh=True``, and joins the others (best kept).
+    quiet ones (see :func:`quiet`) are stored or ``refresh=True``, and joins the
+    others (best kept); while other processes keep the cores busy, up to
+    ``PROBE_TRIES`` probes are taken.
     """
     n_threads = _check_threads(threads)
     path = cache_path(n_threads, mib, repeats, rounds, gemm_n)
     stored = files.read_json(path) or {}
     taken = [t for t in stored.get("taken", []) if t.get("hardware_id") == provenance.hardware_id()]
-    fresh = refresh or len(taken) < min_probes
+    fresh = refresh or len([t for t in taken if quiet(t)]) < min_probes
     if fresh:
-        taken.append(probe(n_threads, mib, repeats, rounds, gemm_n, progress))
+        for _ in range(PROBE_TRIES):  # a probe that shared its cores is kept, but another is taken
+            with bench.Contention(max_cores=MAX_BUSY_CORES) as busy:
+                taken.append(probe(n_threads, mib, repeats, rounds, gemm_n, progress))
+            taken[-1]["busy_cores"] = busy.cores
+            if quiet(taken[-1]):
+                break
         taken = _keep(taken)
         files.write_json(path, {"taken": taken})
     limits = best_of(taken)
@@ -398,7 +413,7 @@ def plot(limits: dict, points_df=None, ax=None, bandwidth: str = "read_gbps", ti
     _along(ax, mem_text, (lo, lo * bw), (hi, hi * bw))
     if pts is not None:
         texts = pts["label"] if "label" in pts.columns else pts["name"]
-        _place_labels(ax, [(float(p["intensity"]), float(p["gflops"]), str(t))
+        plots.place_labels(ax, [(float(p["intensity"]), float(p["gflops"]), str(t))
                            for (_, p), t in zip(pts.iterrows(), texts) if isinstance(t, str) and t.strip()],
                       avoid=[*legends, mem_text, comp_text, ridge_text],
                       dots=list(zip(pts["intensity"], pts["gflops"])))
@@ -427,51 +442,6 @@ def _along(ax, text, a, b) -> None:
     ax.figure.canvas.draw()   # the layout settles first: the angle is that of the figure as drawn
     (x0, y0), (x1, y1) = ax.transData.transform([a, b])
     text.set_rotation(math.degrees(math.atan2(y1 - y0, x1 - x0)))
-
-
-def _place_labels(ax, points: list[tuple[float, float, str]], avoid=(), dots=()) -> None:
-    """Write each (x, y, text) beside its point with a thin leader line, at the first of a few offsets where
-    it overlaps no label already placed, no artist in ``avoid`` (legends, the roofs' names) and no marker at
-    ``dots``, and stays inside the axes; where no offset is free, at the one that overlaps least."""
-    from matplotlib.transforms import Bbox
-    offsets = [(dx, dy, "left" if dx > 0 else "right", "bottom" if dy > 0 else "top")
-               for dx, dy in ((6, 4), (6, -4), (-6, 4), (-6, -4), (8, 14), (8, -14), (-8, 14), (-8, -14))]
-    try:
-        ax.figure.canvas.draw()   # the layout settles first: boxes measured now stay where they are drawn
-        renderer = ax.figure.canvas.get_renderer()
-        frame = ax.get_window_extent(renderer)
-        placed = [a.get_window_extent(renderer) for a in avoid] + [
-            Bbox.from_extents(x - 4, y - 4, x + 4, y + 4) for x, y in ax.transData.transform(np.reshape(dots, (-1, 2)))]
-    except AttributeError:       # a canvas that cannot measure text: the first offset for every label
-        renderer = None
-
-    def cost(box) -> float:
-        if renderer is None:
-            return 0.0
-        out = sum(max(0.0, e) for e in (frame.x0 - box.x0, box.x1 - frame.x1, frame.y0 - box.y0, box.y1 - frame.y1))
-        return 1e3 * out + sum(max(0.0, min(box.x1, b.x1) - max(box.x0, b.x0))
-                               * max(0.0, min(box.y1, b.y1) - max(box.y0, b.y0)) for b in placed)
-
-    for x, y, text in points:
-        best = None
-        for dx, dy, ha, va in offsets:
-            t = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
-                            fontsize="small", arrowprops=_LEADER)
-            box = t.get_window_extent(renderer) if renderer is not None else None
-            c = cost(box)
-            if best is not None and c >= best[0]:
-                t.remove()
-                continue
-            if best is not None:
-                best[1].remove()
-            best = (c, t, box)
-            if c == 0:
-                break
-        if renderer is not None:
-            placed.append(best[2])
-
-
-_LEADER = {"arrowstyle": "-", "color": "grey", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 3}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,3 +82,14 @@ def rerun_at_isa(family: str, level: str, test_file: str, tests: list[str], env:
     said = run.stdout
     assert run.returncode == 0 and " passed" in said and "skipped" not in said and "deselected" in said, \
         said[-3000:] + run.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's correctness checks: quick, and on a shared machine the second
+    thread mostly waits. Use it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,13 +18,7 @@ from effnb.quant import KERNEL_MAX_M, QuantLinear, dequantize, fake_linear, quan
 from effnb.quant.qat import SCHEMES, STELinear, export, prepare, ptq, qat, straight_through
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: small checks, and a shared machine's second thread mostly waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import matplotlib
 import pandas as pd
 import pytest
 
-from effnb import provenance, roofline
+from effnb import bench, provenance, roofline
 
 matplotlib.use("Agg")
 
@@ -95,7 +95,17 @@ def fake_machine(monkeypatch, tmp_path):
     monkeypatch.setattr(roofline, "probe_bandwidth", bw)
     monkeypatch.setattr(roofline, "gemm_frame", gemm)
     monkeypatch.setattr(roofline, "fma_frame", lambda *a, **k: None)
+    monkeypatch.setattr(roofline.bench, "Contention", _contention(0.0))  # a quiet machine unless a test says not
     return calls, bw
+
+
+def _contention(cores):
+    """A stand-in for bench.Contention that reports ``cores`` taken by other processes."""
+    class Fake(bench.Contention):
+        def __exit__(self, *exc):
+            self.cores = cores
+            return False
+    return Fake
 
 
 def test_machine_is_measured_once_then_cached(fake_machine, tmp_path):
@@ -122,6 +132,21 @@ def test_machine_keeps_the_best_of_its_probes(fake_machine, monkeypatch):
     second = roofline.machine(threads=1, refresh=True)
     assert second["probe_count"] == 2 and second["read_gbps"] == first["read_gbps"]
     assert second["spread"]["read_gbps"] == pytest.approx(0.5)
+
+
+def test_a_probe_on_a_busy_machine_is_not_trusted_alone(fake_machine, monkeypatch):
+    """Other processes on the cores lower every limit, so every "% of the limit" would look better than it
+    is: such a probe is kept, another is taken (up to PROBE_TRIES), and the next call probes again."""
+    calls, bw = fake_machine
+    monkeypatch.setattr(roofline.bench, "Contention", _contention(1.5))
+    busy = roofline.machine(threads=1)
+    assert len(calls) == roofline.PROBE_TRIES and busy["probe_count"] == roofline.PROBE_TRIES
+    monkeypatch.setattr(roofline.bench, "Contention", _contention(0.1))
+    quiet = roofline.machine(threads=1)
+    assert len(calls) == roofline.PROBE_TRIES + 1 and not quiet["cached"]
+    assert roofline.machine(threads=1)["cached"] and len(calls) == roofline.PROBE_TRIES + 1
+    old = {k: v for k, v in json.loads(roofline.cache_path(1).read_text())["taken"][-1].items() if k != "busy_cores"}
+    assert not roofline.quiet(old), "a record from before the check cannot say it was quiet"
 
 
 def test_other_probe_parameters_are_another_probe(fake_machine):

@@ -6,6 +6,9 @@ docstrings of a pinned list of modules are all three.
 """
 from __future__ import annotations
 
+import functools
+import re
+
 STDLIB_MODULES = ("abc", "argparse", "array", "ast", "asyncio", "asyncio.streams", "asyncio.subprocess", "base64",
                   "binascii", "bisect", "bz2", "calendar", "cmath", "cmd", "code", "codecs", "codeop", "collections",
                   "collections.abc", "colorsys", "compileall", "concurrent.futures", "concurrent.futures.thread",
@@ -32,17 +35,16 @@ STDLIB_MODULES = ("abc", "argparse", "array", "ast", "asyncio", "asyncio.streams
                   "xmlrpc.server", "zipapp", "zipfile", "zipimport", "zlib", "zoneinfo")
 
 
-def stdlib_docstrings(n: int, seed: int = 0, min_chars: int = 40, max_chars: int = 400) -> list[str]:
-    """``n`` real English sentences: first paragraphs of public docstrings from a pinned list of
-    Python standard-library modules (the same on every machine with the same Python), shuffled
-    with ``seed`` so that every module is represented."""
+@functools.lru_cache(maxsize=1)
+def documented_objects() -> tuple[tuple[str, str, str, object], ...]:
+    """``(module, qualname, kind, object)`` for each importable module of :data:`STDLIB_MODULES`, its
+    public functions and classes, and their public methods. Why: every text task here reads the same
+    walk, so they agree on what "the standard library's docstrings" are. Warnings are silenced."""
     import importlib
     import inspect
-    import random
-    import re
     import warnings
 
-    found: dict[str, None] = {}
+    found: list[tuple[str, str, str, object]] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in STDLIB_MODULES:
@@ -50,21 +52,39 @@ def stdlib_docstrings(n: int, seed: int = 0, min_chars: int = 40, max_chars: int
                 mod = importlib.import_module(name)
             except ImportError:
                 continue
-            objs = [mod]
+            found.append((name, "", "module", mod))
             for attr in sorted(vars(mod)):
                 if attr.startswith("_"):
                     continue
                 obj = getattr(mod, attr, None)
-                if inspect.isfunction(obj) or inspect.isclass(obj) or inspect.isbuiltin(obj):
-                    objs.append(obj)
-                    if inspect.isclass(obj):
-                        objs += [v for k, v in sorted(vars(obj).items()) if not k.startswith("_")
-                                 and (inspect.isfunction(v) or inspect.ismethoddescriptor(v))]
-            for obj in objs:
-                doc = inspect.getdoc(obj) or ""
-                para = " ".join(doc.strip().split("\n\n")[0].split())
-                if min_chars <= len(para) <= max_chars and re.search(r"[a-z]{3,} [a-z]{3,}", para):
-                    found.setdefault(para)
+                if inspect.isfunction(obj) or inspect.isbuiltin(obj):
+                    found.append((name, attr, "function", obj))
+                elif inspect.isclass(obj):
+                    found.append((name, attr, "class", obj))
+                    found += [(name, f"{attr}.{k}", "method", v) for k, v in sorted(vars(obj).items())
+                              if not k.startswith("_") and (inspect.isfunction(v) or inspect.ismethoddescriptor(v))]
+    return tuple(found)
+
+
+def first_paragraph(doc: str) -> str:
+    """The docstring's first paragraph on one line (whitespace collapsed)."""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
+def is_prose(text: str, min_chars: int = 40, max_chars: int = 400) -> bool:
+    """Long enough, short enough, and with two lowercase words in a row: a sentence, not a signature."""
+    return min_chars <= len(text) <= max_chars and re.search(r"[a-z]{3,} [a-z]{3,}", text) is not None
+
+
+def stdlib_docstrings(n: int, seed: int = 0, min_chars: int = 40, max_chars: int = 400) -> list[str]:
+    """``n`` real English sentences: first paragraphs of public docstrings from a pinned list of
+    Python standard-library modules (the same on every machine with the same Python), shuffled
+    with ``seed`` so that every module is represented."""
+    import inspect
+    import random
+
+    found = {para: None for *_, obj in documented_objects()
+             if is_prose(para := first_paragraph(inspect.getdoc(obj) or ""), min_chars, max_chars)}
     texts = sorted(found)
     random.Random(seed).shuffle(texts)
     if len(texts) < n:

@@ -9,11 +9,10 @@ the C++ library both calls run the torch reference, and :func:`backend` says
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from .. import ext
+from ..family import KernelOps
 
 FAMILY = "fused"
 _ARGS = "Tensor x, Tensor w1, Tensor b1, Tensor wd, Tensor bd, Tensor w2, Tensor b2, bool residual"
@@ -28,25 +27,13 @@ def _fake(x, w1, b1, wd, bd, w2, b2, residual, *tuning):
     return x.new_empty((x.shape[0], x.shape[1], x.shape[2], w2.shape[1]))
 
 
-@functools.cache
-def declare():
-    """Define the family's ops and their fake kernels, once per process."""
-    lib = ext.declare(FAMILY, SCHEMAS)
-    for name in SCHEMAS:
-        torch.library.register_fake(f"effnb::{name}", _fake, lib=lib)
-    return lib
-
-
-@functools.cache
-def available() -> bool:
-    """True when the C++ kernels are loaded (decided once per process: checking a build hashes the sources)."""
-    declare()
-    return ext.load(FAMILY)
+_OPS = KernelOps(FAMILY, SCHEMAS, lambda name: _fake)
+declare, available = _OPS.declare, _OPS.available
 
 
 def backend() -> str:
     """What runs the block: ``cpp-<isa path>`` or ``torch-fallback``."""
-    return ext.backend(FAMILY) if available() else ext.FALLBACK
+    return ext.backend(FAMILY) if available() else ext.FALLBACK  # the module's available(): tests force the fallback
 
 
 def fused(x: torch.Tensor, mats: tuple, residual: bool, tile_rows: int = 4, channel_block: int = 0) -> torch.Tensor:

@@ -29,3 +29,62 @@ def embed(model, texts: list[str], batch_size: int = 64):
     with torch.no_grad():
         return model.encode(texts, batch_size=batch_size, convert_to_tensor=True,
                             normalize_embeddings=True, show_progress_bar=False).float()
+
+
+def tokenize(model, texts: list[str], max_len: int = 128, batch_size: int = 64, words: bool = False) -> list[dict]:
+    """``texts`` as padded batches sorted by length (each batch pads only to its own longest text),
+    with ``"index"`` giving each row's position in ``texts``; with ``words=True`` also ``"word_ids"``
+    [B, L] (the word of each token, -1 for [CLS], [SEP] and padding) and ``"words"`` (per row, each
+    word's text, lowercase, subword marks removed).
+
+    Why: tokenizing once and timing only the encoder separates the cost a compressed encoder can
+    change from the tokenizer's, and sorting by length keeps padding (wasted work) small.
+    """
+    tok = model.tokenizer
+    lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=max_len)["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
+    batches = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        batches.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                        "index": idx})
+        if words:
+            batches[-1].update(_words(tok, enc, len(idx)))
+    return batches
+
+
+def _words(tok, enc, rows: int) -> dict:
+    """The word of every token of an encoded batch, and each word's text (subwords joined)."""
+    import torch
+    word_ids = torch.tensor([[-1 if w is None else w for w in enc.word_ids(r)] for r in range(rows)])
+    texts = []
+    for r in range(rows):
+        pieces: dict[int, str] = {}
+        for w, t in zip(enc.word_ids(r), tok.convert_ids_to_tokens(enc["input_ids"][r].tolist())):
+            if w is not None:
+                pieces[w] = pieces.get(w, "") + t.removeprefix("##")
+        texts.append([pieces[w].lower() for w in sorted(pieces)])
+    return {"word_ids": word_ids, "words": texts}
+
+
+def encode(bert, batches: list[dict], grad: bool = False):
+    """Unit-length mean-pooled embeddings [n, hidden] of pre-tokenized ``batches`` (as
+    :func:`tokenize` makes them) in the texts' original order: what the sentence encoder returns,
+    computed by any BertModel-like module (pruned, factorized) in its place."""
+    import torch
+    import torch.nn.functional as F
+    outs, index = [], []
+    with torch.set_grad_enabled(grad), torch.inference_mode(not grad):
+        for b in batches:
+            hidden = bert(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+            mask = b["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            outs.append(F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1))
+            index += b["index"]
+    emb = torch.cat(outs)
+    return emb[torch.argsort(torch.tensor(index))]
+
+
+def token_count(batches: list[dict]) -> int:
+    """Real (unpadded) tokens in ``batches``: the work an encoder pass does for its texts."""
+    return int(sum(int(b["attention_mask"].sum()) for b in batches))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import ext
+from ..family import KernelOps
 from . import reference
 from .formats import check_weight
 
@@ -48,34 +49,13 @@ def _fake_vector(*args):
     return x.new_empty((n,))
 
 
-_DECLARED: list = []
-
-
-def declare() -> None:
-    """Define the family's ops and their fake kernels, once per process."""
-    if _DECLARED:
-        return
-    lib = ext.declare(FAMILY, SCHEMAS)
-    for name in OPS:
-        fake = _fake_matrix if name.endswith("spmm") else _fake_vector
-        torch.library.register_fake(f"effnb::{name}", fake, lib=lib)
-    _DECLARED.append(lib)
-
-
-_LOADED: list = []
-
-
-def available() -> bool:
-    """True when the C++ kernels are loaded; decided once per process (checking a build hashes the sources)."""
-    if not _LOADED:
-        declare()
-        _LOADED.append(ext.load(FAMILY))
-    return _LOADED[0]
+_OPS = KernelOps(FAMILY, SCHEMAS, lambda name: _fake_matrix if name.endswith("spmm") else _fake_vector)
+declare, available = _OPS.declare, _OPS.available
 
 
 def backend() -> str:
     """What :func:`matmul` runs: ``cpp-<isa path>`` (``cpp-avx2``, ``cpp-scalar``) or ``torch-fallback``."""
-    return ext.backend(FAMILY) if available() else ext.FALLBACK
+    return ext.backend(FAMILY) if available() else ext.FALLBACK  # the module's available(): tests force the fallback
 
 
 def matmul(sparse, b: torch.Tensor) -> torch.Tensor:
