@@ -8,13 +8,13 @@ batches (the tokenizer costs the same for every variant and is left out).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 
 from .. import perf
 from ..models import minilm
+from .factorize import param_bytes
 
 
 @dataclass
@@ -139,7 +139,7 @@ def encoder_flops(bert, batches: list[dict]) -> float:
     """Multiply-adds x 2 of the encoder layers over ``batches`` as padded (the work actually done):
     every linear layer once per token, plus QK^T and PV per head."""
     layers = list(bert.encoder.layer)
-    per_token = sum(p.numel() for l in layers for n, p in l.named_parameters() if p.dim() == 2)
+    per_token = sum(p.numel() for l in layers for p in l.parameters() if p.dim() == 2)
     total = 0.0
     for b in batches:
         bs, n = b["input_ids"].shape
@@ -174,14 +174,9 @@ def encoder_race(variants: dict, b: Bench, split: str = "test", batch_sizes=(1, 
 
 def param_mb(module) -> float:
     """Stored parameters in MB (fp32): embeddings included, the size a user ships."""
-    return sum(p.numel() * p.element_size() for p in module.parameters()) / 1e6
+    return param_bytes(module, buffers=False) / 1e6
 
 
 def layers_mb(bert) -> float:
     """Parameters of the transformer layers only (MB): what pruning heads and neurons can shrink."""
     return sum(p.numel() * p.element_size() for p in bert.encoder.parameters()) / 1e6
-
-
-def within(value: float, reference: float, points: float) -> bool:
-    """True when an accuracy (in points) is at most ``points`` below the reference."""
-    return not math.isnan(value) and value >= reference - points
