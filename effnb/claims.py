@@ -67,6 +67,15 @@ def _require_figure(key: str, measured) -> None:
                          f"not_testable(...) with the reason")
 
 
+def _paired(key: str, differences) -> tuple[int, float, float]:
+    """n, mean and standard error of paired differences (at least 2, all finite)."""
+    import numpy as np
+    d = np.asarray(differences, dtype=float)
+    if d.size < 2 or not np.isfinite(d).all():
+        raise ClaimError(f"claim {key!r} needs at least 2 finite paired differences, got {d.tolist()}")
+    return d.size, float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size)) or 1e-12
+
+
 class Ledger:
     """The claims of one chapter run, in the order stated."""
 
@@ -113,14 +122,9 @@ class Ledger:
         n and the power to detect equivalence at a true difference of 0.
         """
         from scipy import stats
-        import numpy as np
-        d = np.asarray(differences, dtype=float)
-        if d.size < 2 or not np.isfinite(d).all():
-            raise ClaimError(f"claim {key!r} needs at least 2 finite paired differences, got {d.tolist()}")
         if not margin > 0:
             raise ClaimError(f"claim {key!r}: the equivalence margin must be > 0, got {margin!r}")
-        n, mean = d.size, float(d.mean())
-        se = float(d.std(ddof=1) / np.sqrt(n)) or 1e-12
+        n, mean, se = _paired(key, differences)
         t = stats.t.ppf(1 - alpha, n - 1)
         lo, hi = mean - t * se, mean + t * se
         power = float(max(0.0, 2 * stats.t.cdf(margin / se - t, n - 1) - 1))
@@ -134,6 +138,26 @@ class Ledger:
                f"margin +/-{margin:g}; n = {n}; power at a true difference of 0: {power:.0%}")
         return self._add(Claim(key, paper, statement, quoted, mean, unit, f"|diff| < {margin:g} {unit}",
                                verdict, why, backend or self.backend))
+
+    def better(self, key: str, *, paper: str, statement: str, quoted: str, differences, effect: float,
+               unit: str = "points", alpha: float = 0.05, backend: str = "") -> Claim:
+        """"A improves on B" claims, judged by a one-sided paired t-test on ``differences`` (A - B per item).
+
+        Reproduced when the lower end of the one-sided (1 - alpha) confidence interval of the mean
+        difference is above 0; not reproduced otherwise. The row states the test, the interval, n, p and
+        the power to detect a true improvement of ``effect`` (the smallest gain worth claiming)."""
+        from scipy import stats
+        if not effect > 0:
+            raise ClaimError(f"claim {key!r}: the effect to detect must be > 0, got {effect!r}")
+        n, mean, se = _paired(key, differences)
+        t = stats.t.ppf(1 - alpha, n - 1)
+        lo = mean - t * se
+        p = float(stats.t.sf(mean / se, n - 1))
+        power = float(stats.t.sf(t - effect / se, n - 1))
+        why = (f"paired t-test, one-sided, alpha {alpha}: mean {mean:+.3g} {unit}, lower {100 * (1 - alpha):.0f}% "
+               f"bound {lo:+.3g}, p = {p:.2g}; n = {n}; power to detect +{effect:g} {unit}: {power:.0%}")
+        return self._add(Claim(key, paper, statement, quoted, lo, unit, f"lower bound > 0 {unit}",
+                               REPRODUCED if lo > 0 else NOT_REPRODUCED, why, backend or self.backend))
 
     def not_testable(self, key: str, *, paper: str, statement: str, quoted: str, reason: str,
                      measured: float | None = None, unit: str = "", backend: str = "") -> Claim:

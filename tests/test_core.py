@@ -257,6 +257,27 @@ def test_equivalence_claims_say_test_margin_and_power():
     assert {r["backend"] for r in led.rows()} == {"cpp-avx2"}
 
 
+def test_improvement_claims_say_test_bound_and_power():
+    import numpy as np
+    led = claims.Ledger("15", backend="torch")
+    rng = np.random.default_rng(0)
+    gain = led.better("a", paper="p", statement="A beats B", quoted="improves", differences=rng.normal(3.0, 1.0, 30),
+                      effect=1.0)
+    assert gain.verdict == claims.REPRODUCED and 0 < gain.measured < 3.0
+    assert "one-sided" in gain.reason and "power" in gain.reason and "n = 30" in gain.reason
+    none = led.better("b", paper="p", statement="A beats B", quoted="improves", differences=rng.normal(0.0, 5.0, 30),
+                      effect=1.0)
+    assert none.verdict == claims.NOT_REPRODUCED
+    small = led.better("c", paper="p", statement="A beats B", quoted="improves", differences=[0.1, -0.1, 0.2],
+                       effect=0.1)
+    big = led.better("d", paper="p", statement="A beats B", quoted="improves", differences=[0.1, -0.1, 0.2] * 50,
+                     effect=0.1)
+    power = [float(c.reason.split("power to detect +0.1 points: ")[1].rstrip("%")) for c in (small, big)]
+    assert power[0] < power[1]          # more items, more power against the same effect
+    with pytest.raises(claims.ClaimError, match="effect"):
+        led.better("e", paper="p", statement="s", quoted="q", differences=[1.0, 2.0], effect=0)
+
+
 def test_one_openmp_runtime_after_numba_runs_in_parallel():
     """Numba's omp layer would load a second libgomp, and torch's thread count then drifts."""
     import re

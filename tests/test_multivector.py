@@ -63,6 +63,22 @@ def test_token_vectors_do_not_depend_on_batching(model, bert, tiny):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
 
 
+def test_encode_views_is_one_pass_of_every_reading(bert, tiny):
+    proj = MV.Projection.fit(tiny["dtok"], 16)
+    views = {"tokens": {}, "words": {"whole_words": True}, "content": {"whole_words": True, "drop": "stopwords"},
+             "pca": {"proj": proj}}
+    got = MV.encode_views(bert, tiny["db"], views)
+    assert torch.allclose(got["single"], tiny["demb"], atol=1e-5)
+    for name, view in views.items():
+        alone = MV.token_vectors(bert, tiny["db"], **view)
+        assert len(got[name]) == len(alone) and all(torch.equal(a, b) for a, b in zip(got[name], alone)), name
+    assert set(MV.encode_views(bert, tiny["db"], {}, single=True)) == {"single"}
+    with pytest.raises(ValueError, match="unknown"):
+        MV.encode_views(bert, tiny["db"], {"x": {"whole_word": True}})
+    with pytest.raises(ValueError, match="single"):
+        MV.encode_views(bert, tiny["db"], {"single": {}})
+
+
 SENTENCE = "Tokenization of hyperparameterized zlib objects, isn't it?"
 
 
@@ -208,23 +224,96 @@ def test_student_keeps_the_listed_layers(bert):
             bert.encoder.layer[old].state_dict()["attention.self.query.weight"].data_ptr()
 
 
-def test_margin_mse_lowers_the_loss(model, bert, tiny):
+def test_query_encoder_training_lowers_each_loss(model, bert, tiny):
     from effnb.data.stdlib_tasks import RetrievalTask
     task = RetrievalTask(tiny["queries"][:4], tiny["docs"], [str(i) for i in range(len(tiny["docs"]))],
                          tiny["relevant"][:4], [str(i) for i in range(4)], 0)
     qb = MV.tokenize_words(model, task.queries, MAX_LEN)
-    tr = distill.triples(task, bert, qb, tiny["db"], negatives=2)
+    qemb = MV.encode_views(bert, qb, {})["single"]
+    demb = MV.encode_views(bert, tiny["db"], {})["single"]
+    tr = distill.triples(task, qemb, demb, negatives=2)
+    with pytest.raises(ValueError, match="task.queries"):
+        distill.triples(task, demb, demb)
     assert len(tr) == 8 and set(tr.pos.tolist()) == {min(r) for r in task.relevant}
     assert not (tr.pos == tr.neg).any()
-    student = distill.student_from(bert, (0, 5))
-    student.eval()
+    assert torch.allclose(tr.margin, (qemb[tr.query] * (demb[tr.pos] - demb[tr.neg])).sum(-1), atol=1e-5)
+    # the full teacher as its own student: its margins and vectors are the teacher's, so both losses vanish
+    copy = distill.student_from(bert, range(6))
     with torch.no_grad():
-        before = float(distill.margin_loss(student, model.tokenizer, task.queries, task.docs, tr, MAX_LEN))
-    losses = distill.margin_mse(student, tr, model.tokenizer, task.queries, task.docs, epochs=4, batch_size=8,
-                                lr=1e-4, max_len=MAX_LEN, progress=False)
-    with torch.no_grad():
-        after = float(distill.margin_loss(student, model.tokenizer, task.queries, task.docs, tr, MAX_LEN))
-    assert len(losses) == 4 and after < before
+        for loss in ("margin-mse", "embedding"):
+            value = distill.query_loss(copy, model.tokenizer, task.queries, demb, tr, loss, qemb, MAX_LEN)
+            assert float(value) < 1e-6, loss
+    for loss in distill.LOSSES:
+        student = distill.student_from(bert, (0, 5))
+        student.eval()
+        with torch.no_grad():
+            before = float(distill.query_loss(student, model.tokenizer, task.queries, demb, tr, loss, qemb, MAX_LEN))
+        losses = distill.train_query_encoder(student, tr, model.tokenizer, task.queries, demb, loss, qemb, epochs=4,
+                                             batch_size=8, lr=1e-4, max_len=MAX_LEN, progress=False)
+        with torch.no_grad():
+            after = float(distill.query_loss(student, model.tokenizer, task.queries, demb, tr, loss, qemb, MAX_LEN))
+        assert len(losses) == 4 and after < before, loss
+    with pytest.raises(ValueError, match="teacher_qemb"):
+        distill.train_query_encoder(student, tr, model.tokenizer, task.queries, demb, "embedding")
+    with pytest.raises(ValueError, match="one of"):
+        distill.train_query_encoder(student, tr, model.tokenizer, task.queries, demb, "mse")
+    with pytest.raises(ValueError, match="every document"):
+        distill.train_query_encoder(student, tr, model.tokenizer, task.queries, demb[:1])
+
+
+def test_projection_training_lowers_the_loss_and_keeps_shapes(tiny):
+    cand = S.first_stage(tiny["qemb"], tiny["demb"], 8)
+    pos = [min(r) for r in tiny["relevant"]]
+    proj, losses = MV.train_projection(tiny["qtok"], tiny["dtok"], cand, pos, dim=16, steps=40, batch=8, lr=1e-2)
+    assert proj.components.shape == (384, 16) and len(losses) == 40
+    assert sum(losses[-10:]) < sum(losses[:10])
+    out = MV.project(tiny["dtok"][:3], proj)
+    assert [v.shape for v in out] == [(len(v), 16) for v in tiny["dtok"][:3]]
+    assert all(torch.allclose(v.norm(dim=1), torch.ones(len(v)), atol=1e-5) for v in out)
+    with pytest.raises(ValueError, match="candidates"):
+        MV.train_projection(tiny["qtok"], tiny["dtok"], cand[:3], pos)
+    with pytest.raises(ValueError, match="dim="):
+        MV.train_projection(tiny["qtok"], tiny["dtok"], cand, pos, dim=0)
+
+
+@pytest.fixture(scope="module")
+def split(bert, tiny):
+    from effnb.data.stdlib_tasks import RetrievalTask
+    from effnb.retrieval import experiments as E
+    task = RetrievalTask(tiny["queries"], tiny["docs"], [str(i) for i in range(len(tiny["docs"]))], tiny["relevant"],
+                         [str(i) for i in range(len(tiny["queries"]))], 0)
+    views = MV.encode_views(bert, tiny["db"], E.DOC_VIEWS)
+    return E.Split(task, tiny["qb"], tiny["db"], {"single": tiny["qemb"], "tokens": tiny["qtok"]}, views)
+
+
+def test_storage_study_sizes_and_qualities(split):
+    from effnb.retrieval import experiments as E
+    recipes = E.variants({"PCA 16": MV.Projection.fit(split.d["tokens"], 16)}, keeps=("tokens", "content"))
+    assert [v.name for v in recipes][:2] == ["every token, 384 dims, fp32", "every token, 384 dims, int8"]
+    df, each = E.storage_study(split, recipes, depth=10)
+    assert len(df) == len(recipes) == 8 and set(each) == set(df["index"])
+    row = df.set_index("index")
+    assert row.loc["every token, 384 dims, fp32", "x smaller"] == 1.0
+    assert 3.5 < row.loc["every token, 384 dims, int8", "x smaller"] < 4.0        # one fp32 scale per vector
+    assert row.loc["content words, 384 dims, fp32", "vectors/doc"] < row.loc["every token, 384 dims, fp32", "vectors/doc"]
+    assert (row["dims"] == [384, 384, 16, 16, 384, 384, 16, 16]).all()
+    first = split.evaluate(E.rerank(split, split.q["tokens"], recipes[0].index(split), 10))["nDCG@10"]
+    assert row.loc[recipes[0].name, "nDCG@10"] == pytest.approx(float(first.mean()))
+    assert all(len(v) == len(split.task.queries) for v in each.values())
+    best = E.smallest_within(df, 100.0)
+    assert best["bytes/doc"] == df["bytes/doc"].min()
+    assert E.smallest_within(df.assign(**{"vs first (points)": [0.0] + [-50.0] * 7}), 1.0)["index"] == recipes[0].name
+
+
+def test_race_quality_names_every_provider(split):
+    from effnb.retrieval import experiments as E
+    q = E.race_quality(split, split.q["tokens"], split.d["content"], [5, 20])
+    spec = S.rerank_race(split.q["single"], split.d["single"], split.q["tokens"], split.d["content"],
+                         split.task.queries, split.task.docs, depths=[5, 20])
+    assert set(q["provider"]) == {p.key for p in spec.providers}
+    assert set(q["depth"]) == {5, 20} and q["nDCG@10"].between(0, 1).all()
+    exact = q[(q["provider"] == "exact")].set_index("depth")["recall@depth"]
+    assert exact[5] <= exact[20]                          # a deeper list can only find more
 
 
 # ---------------------------------------------------------------- bad input

@@ -118,6 +118,8 @@ def test_relevant_at_rank_two():
     assert m["MRR@10"] == 0.5
     assert m["nDCG@10"] == pytest.approx(1 / math.log2(3))
     assert m["recall@100"] == 1.0
+    both = ranking.evaluate([[5, 3, 7], [3, 5]], [{3}, {3}], per_query=True)
+    assert both["MRR@10"].tolist() == [0.5, 1.0]
 
 
 def test_relevant_beyond_ten_counts_only_for_recall():
@@ -162,3 +164,6 @@ def test_metrics_are_bounded_and_ignore_document_order(problem):
     new[perm] = np.arange(len(perm))
     m2 = ranking.evaluate(scores[:, perm], [{int(new[d]) for d in r} for r in rel], ks=ks)
     assert m2 == pytest.approx(m)
+    each = ranking.evaluate(scores, rel, ks=ks, per_query=True)
+    assert set(each) == set(m) and all(len(v) == len(rel) for v in each.values())
+    assert {k: float(v.mean()) for k, v in each.items()} == pytest.approx(m)

@@ -27,12 +27,15 @@ def topk(scores, k: int, chunk: int = 1024) -> torch.Tensor:
                       for i in range(0, scores.shape[0], chunk)])
 
 
-def evaluate(scores_or_ranked, relevant: Sequence[set[int]], ks: Sequence[int] = (10, 100)) -> dict[str, float]:
+def evaluate(scores_or_ranked, relevant: Sequence[set[int]], ks: Sequence[int] = (10, 100),
+             per_query: bool = False) -> dict:
     """Mean MRR@k, nDCG@k and recall@k for each k in ``ks`` (so the defaults give "MRR@10", "nDCG@10" and
     "recall@100" among others). ``scores_or_ranked`` is a ``[Q, D]`` torch/numpy score matrix (higher is
     better) or, as a list, the ranked document indices of each query. nDCG discounts rank r by log2(r + 1)
     and divides by the best DCG possible with min(|relevant|, k) hits. A query with no relevant document
-    is an error: it would score 0 and quietly pull the mean down."""
+    is an error: it would score 0 and quietly pull the mean down. ``per_query=True`` returns each metric's
+    value for every query (numpy arrays in the queries' order) instead of the means: what a paired test
+    between two retrievers on the same queries needs."""
     if isinstance(scores_or_ranked, (torch.Tensor, np.ndarray)):
         ranked = topk(scores_or_ranked, max(ks)).tolist()
     else:
@@ -41,7 +44,7 @@ def evaluate(scores_or_ranked, relevant: Sequence[set[int]], ks: Sequence[int] =
         raise ValueError(f"{len(ranked)} rankings but {len(relevant)} relevance sets")
     if not ranked:
         raise ValueError("no queries to evaluate")
-    out = {f"{name}@{k}": 0.0 for k in ks for name in ("MRR", "nDCG", "recall")}
+    out = {f"{name}@{k}": np.zeros(len(ranked)) for k in ks for name in ("MRR", "nDCG", "recall")}
     for i, (docs, rel) in enumerate(zip(ranked, relevant)):
         if not rel:
             raise ValueError(f"query {i} has no relevant document")
@@ -49,7 +52,7 @@ def evaluate(scores_or_ranked, relevant: Sequence[set[int]], ks: Sequence[int] =
         for k in ks:
             top = [r for r in hits if r <= k]
             ideal = sum(1 / math.log2(r + 1) for r in range(1, min(len(rel), k) + 1))
-            out[f"MRR@{k}"] += 1 / top[0] if top else 0.0
-            out[f"nDCG@{k}"] += sum(1 / math.log2(r + 1) for r in top) / ideal
-            out[f"recall@{k}"] += len(top) / len(rel)
-    return {name: total / len(ranked) for name, total in out.items()}
+            out[f"MRR@{k}"][i] = 1 / top[0] if top else 0.0
+            out[f"nDCG@{k}"][i] = sum(1 / math.log2(r + 1) for r in top) / ideal
+            out[f"recall@{k}"][i] = len(top) / len(rel)
+    return out if per_query else {name: float(v.mean()) for name, v in out.items()}

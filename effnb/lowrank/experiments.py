@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import perf
 from ..models import minilm
 from .factorize import param_bytes
 
@@ -133,43 +132,6 @@ def scoreboard(variants: dict, b: Bench, base: str, retrieval_of=()) -> tuple:
     df.insert(2, "x smaller", ref["MB (all)"] / df["MB (all)"])
     df["vs " + base + " (points)"] = df["test accuracy %"] - ref["test accuracy %"]
     return df, right
-
-
-def encoder_flops(bert, batches: list[dict]) -> float:
-    """Multiply-adds x 2 of the encoder layers over ``batches`` as padded (the work actually done):
-    every linear layer once per token, plus QK^T and PV per head."""
-    layers = list(bert.encoder.layer)
-    per_token = sum(p.numel() for l in layers for p in l.parameters() if p.dim() == 2)
-    total = 0.0
-    for b in batches:
-        bs, n = b["input_ids"].shape
-        total += 2.0 * bs * n * per_token
-        total += sum(2.0 * 2 * bs * n * n * l.attention.self.all_head_size for l in layers)
-    return total
-
-
-def encoder_race(variants: dict, b: Bench, split: str = "test", batch_sizes=(1, 32), texts: int = 256,
-                 repeats: int = 5, rounds: int = 2) -> perf.Benchmark:
-    """Time each encoder variant on ``texts`` real sentences of ``split`` at each batch size:
-    ``variants`` maps key -> (label, module, ours). Batch 1 is a query's latency, batch 32 indexing."""
-    sents = b.splits[split].texts[:texts]
-    tok = {bs: minilm.tokenize(b.model, sents, batch_size=bs) for bs in batch_sizes}
-
-    def make(module):
-        def build(bs):
-            batches = tok[bs]
-            def run():
-                with torch.inference_mode():
-                    for x in batches:
-                        module(input_ids=x["input_ids"], attention_mask=x["attention_mask"])
-            return run
-        return build
-    base = next(k for k, (_, _, ours) in variants.items() if not ours)
-    providers = [perf.Provider(k, label, make(m), ours=ours, backend="torch",
-                               flops=lambda bs, m=m: encoder_flops(m, tok[bs]))
-                 for k, (label, m, ours) in variants.items()]
-    return perf.Benchmark(name="MiniLM encoder", x="batch", x_values=list(batch_sizes), providers=providers,
-                          baseline=base, unit="GFLOP/s", repeats=repeats, rounds=rounds, warmup=1)
 
 
 def param_mb(module) -> float:

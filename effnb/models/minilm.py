@@ -88,3 +88,48 @@ def encode(bert, batches: list[dict], grad: bool = False):
 def token_count(batches: list[dict]) -> int:
     """Real (unpadded) tokens in ``batches``: the work an encoder pass does for its texts."""
     return int(sum(int(b["attention_mask"].sum()) for b in batches))
+
+
+def encoder_flops(bert, batches: list[dict]) -> float:
+    """Multiply-adds x 2 of the encoder layers over ``batches`` as padded (the work actually done):
+    every linear layer once per token, plus QK^T and PV per head."""
+    layers = list(bert.encoder.layer)
+    per_token = sum(p.numel() for layer in layers for p in layer.parameters() if p.dim() == 2)
+    total = 0.0
+    for b in batches:
+        bs, n = b["input_ids"].shape
+        total += 2.0 * bs * n * per_token
+        total += sum(2.0 * 2 * bs * n * n * layer.attention.self.all_head_size for layer in layers)
+    return total
+
+
+def encoder_race(variants: dict, model, texts: list[str], batch_sizes=(1, 32), repeats: int = 5, rounds: int = 2,
+                 max_len: int = 128):
+    """A :class:`effnb.perf.Benchmark` of each encoder variant on ``texts`` (tokenized once, outside the
+    timing) at each batch size: ``variants`` maps key -> (label, module, ours), exactly one of them not
+    ours (the baseline). Batch 1 is a query's latency, batch 32 indexing. FLOPs by :func:`encoder_flops`."""
+    import torch
+
+    from .. import perf
+    if not texts:
+        raise ValueError("no texts to encode: pass some sentences")
+    tok = {bs: tokenize(model, list(texts), max_len, batch_size=bs) for bs in batch_sizes}
+
+    def make(module):
+        def build(bs):
+            batches = tok[bs]
+
+            def run():
+                with torch.inference_mode():
+                    for x in batches:
+                        module(input_ids=x["input_ids"], attention_mask=x["attention_mask"])
+            return run
+        return build
+    base = [k for k, (_, _, ours) in variants.items() if not ours]
+    if len(base) != 1:
+        raise ValueError(f"mark exactly one variant as not ours (the baseline); got {base}")
+    providers = [perf.Provider(k, label, make(m), ours=ours, backend="torch",
+                               flops=lambda bs, m=m: encoder_flops(m, tok[bs]))
+                 for k, (label, m, ours) in variants.items()]
+    return perf.Benchmark(name="MiniLM encoder", x="batch", x_values=list(batch_sizes), providers=providers,
+                          baseline=base[0], unit="GFLOP/s", repeats=repeats, rounds=rounds, warmup=1)

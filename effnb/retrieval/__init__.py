@@ -12,7 +12,9 @@ Modules: ``index`` (:class:`PackedIndex`, fp32 or int8 with a scale per vector),
 matmul a user would write), ``ops`` (schemas, fake kernels, :func:`maxsim`,
 :func:`backend`), ``bench`` (the re-ranking race), ``multivector`` (MiniLM token vectors, whole-word
 pooling, vector removal, PCA projection, storage), ``search`` (two-stage retrieval, faiss/BM25 peers,
-the per-query race: ``search.rerank_race``, not the kernel race above), ``distill`` (Margin-MSE student).
+the per-query race: ``search.rerank_race``, not the kernel race above), ``distill`` (Margin-MSE query
+encoder), ``experiments`` (chapter 15's steps: one encoder pass per split, index recipes, their size and
+quality) and ``plots``.
 """
 from . import distill, multivector, ops, reference, search
 from .bench import rerank_race

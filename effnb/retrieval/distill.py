@@ -1,12 +1,14 @@
-"""A shallower MiniLM student trained by Margin-MSE to copy a teacher's score margins.
+"""A shallower MiniLM query encoder trained by Margin-MSE to copy a teacher's score margins.
 
 Hofstätter et al.'s Margin-MSE trains a student so that ``score(q, pos) - score(q, neg)``
 matches the teacher's margin on the same triple. It only needs the teacher's
 MARGINS, not its score scale, which is why it works across architectures (a
 cross-encoder or a late-interaction teacher, a bi-encoder student). Here the
 student is MiniLM with some encoder layers removed (DistilBERT-style: initialised
-from the teacher's own layers), scored as a bi-encoder (dot product of unit
-mean-pooled embeddings); the teacher is any scorer of (query, documents).
+from the teacher's own layers) that encodes the QUERIES only, scored by the dot
+product with the teacher's document embeddings (the index is built offline, once);
+the teacher is any scorer of (query, documents). Two controls train the same
+student on the labels alone or on the teacher's query vectors.
 """
 from __future__ import annotations
 
@@ -53,23 +55,23 @@ class Triples:
         return len(self.query)
 
 
-def triples(task, bert_teacher, query_batches: list[dict], doc_batches: list[dict], negatives: int = 4,
+def triples(task, qemb: torch.Tensor, demb: torch.Tensor, negatives: int = 4,
             teacher: Teacher | None = None) -> Triples:
     """For each query of ``task`` (a :class:`~effnb.data.stdlib_tasks.RetrievalTask`, e.g. the train split)
     and each of its relevant documents: ``negatives`` hard negatives, the teacher's single-vector top
-    documents that are not relevant, and the margins. ``teacher`` scores (query number, document numbers);
-    by default the teacher's single-vector cosine, or pass e.g. a MaxSim scorer for a cross-architecture
-    teacher. The batches are the tokenized ``task.queries`` and ``task.docs``."""
-    from ..models import minilm
+    documents that are not relevant, and the margins. ``qemb`` and ``demb`` are the teacher's unit
+    embeddings of ``task.queries`` and ``task.docs`` (e.g. ``encode_views(...)["single"]``). ``teacher``
+    scores (query number, document numbers); by default the teacher's single-vector cosine, or pass e.g. a
+    MaxSim scorer for a cross-architecture teacher."""
     if isinstance(negatives, bool) or not isinstance(negatives, int) or negatives < 1:
         raise ValueError(f"negatives={negatives!r}: pass a whole number >= 1")
     if not task.queries:
         raise ValueError("the task has no queries: pass a retrieval task with some")
     if negatives >= len(task.docs):
         raise ValueError(f"negatives={negatives} but the corpus has {len(task.docs)} documents: pass fewer")
-    qemb, demb = minilm.encode(bert_teacher, query_batches), minilm.encode(bert_teacher, doc_batches)
-    if len(qemb) != len(task.queries) or len(demb) != len(task.docs):
-        raise ValueError("the batches must tokenize task.queries and task.docs (same counts, same order)")
+    if qemb.dim() != 2 or demb.dim() != 2 or len(qemb) != len(task.queries) or len(demb) != len(task.docs):
+        raise ValueError(f"pass the teacher's embeddings of task.queries [{len(task.queries)}, d] and task.docs "
+                         f"[{len(task.docs)}, d]; got {tuple(qemb.shape)} and {tuple(demb.shape)}")
     scores = qemb @ demb.T
     if teacher is None:
         def teacher(i: int, d: torch.Tensor) -> torch.Tensor:
@@ -85,6 +87,9 @@ def triples(task, bert_teacher, query_batches: list[dict], doc_batches: list[dic
     return Triples(torch.tensor(q), torch.tensor(p), torch.tensor(n), torch.tensor(m, dtype=torch.float32))
 
 
+LOSSES = ("margin-mse", "labels", "embedding")
+
+
 def _embed(bert, tokenizer, texts: list[str], max_len: int) -> torch.Tensor:
     """Unit mean-pooled embeddings with gradients (the student's bi-encoder view)."""
     enc = tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
@@ -93,49 +98,71 @@ def _embed(bert, tokenizer, texts: list[str], max_len: int) -> torch.Tensor:
     return F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
 
 
-def margin_loss(student, tokenizer, queries: Sequence[str], docs: Sequence[str], batch: Triples,
-                max_len: int = 128) -> torch.Tensor:
-    """Margin-MSE of one batch: mean of ``((s(q,pos) - s(q,neg)) - teacher margin)^2``, s the student's
-    cosine. Each distinct text is encoded once per batch."""
-    texts = sorted({queries[i] for i in batch.query.tolist()} | {docs[i] for i in batch.pos.tolist()}
-                   | {docs[i] for i in batch.neg.tolist()})
-    emb = _embed(student, tokenizer, texts, max_len)
-    at = {t: k for k, t in enumerate(texts)}
-    q = emb[[at[queries[i]] for i in batch.query.tolist()]]
-    pos = emb[[at[docs[i]] for i in batch.pos.tolist()]]
-    neg = emb[[at[docs[i]] for i in batch.neg.tolist()]]
-    return F.mse_loss((q * pos).sum(-1) - (q * neg).sum(-1), batch.margin)
+def query_loss(student, tokenizer, queries: Sequence[str], doc_emb: torch.Tensor, batch: Triples,
+               loss: str = "margin-mse", teacher_qemb: torch.Tensor | None = None, max_len: int = 32,
+               temperature: float = 0.05) -> torch.Tensor:
+    """One batch's loss for a query encoder scored against FIXED document embeddings ``doc_emb`` (the
+    teacher's index). ``"margin-mse"``: mean of ``((s(q,pos) - s(q,neg)) - teacher margin)^2`` with s the
+    cosine of the student's query and the teacher's document. ``"labels"``: the pairwise logistic loss
+    ``softplus(-(s(q,pos) - s(q,neg)) / temperature)``, the relevance labels alone (no teacher). ``"embedding"``:
+    one minus the cosine to the teacher's own query embedding ``teacher_qemb`` (copying the vector, not
+    the ranking). Each distinct query is encoded once per batch."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss={loss!r}: pass one of {LOSSES}")
+    if loss == "embedding" and teacher_qemb is None:
+        raise ValueError("loss='embedding' copies the teacher's query vectors: pass teacher_qemb")
+    ids = sorted(set(batch.query.tolist()))
+    emb = _embed(student, tokenizer, [queries[i] for i in ids], max_len)
+    if loss == "embedding":
+        return (1 - (emb * teacher_qemb[ids]).sum(-1)).mean()
+    at = {i: k for k, i in enumerate(ids)}
+    q = emb[[at[i] for i in batch.query.tolist()]]
+    margin = (q * doc_emb[batch.pos]).sum(-1) - (q * doc_emb[batch.neg]).sum(-1)
+    if loss == "margin-mse":
+        return F.mse_loss(margin, batch.margin)
+    return F.softplus(-margin / temperature).mean()
 
 
-def margin_mse(student, teacher_margins: Triples, tokenizer, queries: Sequence[str], docs: Sequence[str],
-               epochs: int = 2, batch_size: int = 16, lr: float = 3e-5, max_len: int = 128, seed: int = 0,
-               progress: bool = True) -> list[float]:
-    """Train ``student`` in place with Margin-MSE on ``teacher_margins`` (from :func:`triples`), AdamW,
-    ``epochs`` shuffled passes of ``batch_size`` triples; returns the loss of every step. The student is
-    left in eval mode. Why the margin and not the score: the student's scores may live on any scale;
-    only the order, and how far apart documents are, has to match the teacher's."""
+def train_query_encoder(student, triples_: Triples, tokenizer, queries: Sequence[str], doc_emb: torch.Tensor,
+                        loss: str = "margin-mse", teacher_qemb: torch.Tensor | None = None, epochs: int = 3,
+                        batch_size: int = 16, lr: float = 1e-4, max_len: int = 32, seed: int = 0,
+                        progress: bool = True) -> list[float]:
+    """Train ``student`` in place as a QUERY encoder against the teacher's fixed document embeddings
+    ``doc_emb`` (see :func:`query_loss` for ``loss``), AdamW, ``epochs`` shuffled passes over the queries,
+    ``batch_size`` queries per step with all of their triples (each query is encoded once per step, however
+    many negatives it has); returns the loss of every step and leaves the student in eval mode.
+
+    Why only the query side: the index is built once, offline, by the teacher; what a user waits for
+    is the query's encoding, so that is the network to make small. It also makes training cheap (short
+    queries only), and the student's scores stay on the teacher's scale. Why Margin-MSE: only the
+    order of the documents and how far apart they are has to match the teacher's."""
     from ..plots import quiet_tqdm
-    tr = teacher_margins
+    tr = triples_
     if len(tr) == 0:
         raise ValueError("no triples: pass triples(...) of a task with queries")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs={epochs}, batch_size={batch_size}: pass whole numbers >= 1")
+    if doc_emb.dim() != 2 or int(max(tr.pos.max(), tr.neg.max())) >= len(doc_emb):
+        raise ValueError(f"doc_emb {tuple(doc_emb.shape)} must hold a row for every document of the triples")
+    query_loss(student, tokenizer, queries, doc_emb, Triples(tr.query[:1], tr.pos[:1], tr.neg[:1], tr.margin[:1]),
+               loss, teacher_qemb, max_len)       # bad settings fail here, before any step
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(student.parameters(), lr=lr)
     student.train()
     losses = []
-    steps = epochs * -(-len(tr) // batch_size)
-    bar = quiet_tqdm()(total=steps, desc="Margin-MSE", leave=False, disable=not progress)
+    queries_ = torch.unique(tr.query)
+    bar = quiet_tqdm()(total=epochs * -(-len(queries_) // batch_size), desc=f"query encoder ({loss})", leave=False,
+                       disable=not progress)
     for _ in range(epochs):
-        order = torch.randperm(len(tr), generator=g)
-        for s in range(0, len(tr), batch_size):
-            idx = order[s:s + batch_size]
+        order = queries_[torch.randperm(len(queries_), generator=g)]
+        for s in range(0, len(order), batch_size):
+            idx = torch.isin(tr.query, order[s:s + batch_size]).nonzero().flatten()
             batch = Triples(tr.query[idx], tr.pos[idx], tr.neg[idx], tr.margin[idx])
-            loss = margin_loss(student, tokenizer, queries, docs, batch, max_len)
+            value = query_loss(student, tokenizer, queries, doc_emb, batch, loss, teacher_qemb, max_len)
             opt.zero_grad()
-            loss.backward()
+            value.backward()
             opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(float(value.detach()))
             bar.update(1)
     bar.close()
     student.eval()

@@ -88,37 +88,75 @@ def token_vectors(bert, batches: list[dict], proj: Callable[[torch.Tensor], torc
     ``batch["words"]``, so ``whole_words=True``); a :class:`Gate` removes the vectors it scores below its
     threshold. Removal keeps at least the best-scoring vector of a text so no document becomes empty.
     Why one function: every reduction is a step on the same rows, so they compose in any combination."""
+    view = {"proj": proj, "whole_words": whole_words, "drop": drop}
+    return encode_views(bert, batches, {"tokens": view}, single=False, tokenizer_word_ids=tokenizer_word_ids)["tokens"]
+
+
+def _check_view(name: str, view: Mapping) -> None:
+    unknown = set(view) - {"proj", "whole_words", "drop"}
+    if unknown:
+        raise ValueError(f"view {name!r}: unknown settings {sorted(unknown)}; use proj, whole_words and drop")
+    drop = view.get("drop")
+    if drop is not None and not (drop == "stopwords" or isinstance(drop, Gate)):
+        raise ValueError(f"view {name!r}: drop={drop!r}: pass None, 'stopwords' or a Gate from train_gate")
+    if drop == "stopwords" and not view.get("whole_words"):
+        raise ValueError(f"view {name!r}: drop='stopwords' works on words: pass whole_words=True with batches "
+                         "from tokenize_words")
+
+
+def _row_vectors(hidden: torch.Tensor, mask: torch.Tensor, wids: torch.Tensor | None, words: list[str] | None,
+                 proj=None, whole_words: bool = False, drop=None) -> torch.Tensor:
+    """One text's vectors under one view (see :func:`token_vectors`)."""
+    if whole_words:
+        v = _pool_words(hidden, wids.masked_fill(~mask.bool(), -1))
+    else:
+        v = _real_rows(hidden, mask)
+    v = F.normalize(proj(v) if proj is not None else v, dim=-1)
+    if drop == "stopwords":
+        keep = torch.tensor([not is_stopword(x) for x in words[:len(v)]], dtype=torch.bool)
+        v = v[keep] if bool(keep.any()) or len(v) == 0 else v[:1]
+    elif isinstance(drop, Gate):
+        v = drop.prune(v)
+    return v.contiguous()
+
+
+def encode_views(bert, batches: list[dict], views: Mapping[str, Mapping], single: bool = True,
+                 tokenizer_word_ids: list[torch.Tensor] | None = None) -> dict:
+    """Several readings of ONE encoder pass: ``{name: list of [n_i, d] tensors}`` for each view (a dict of
+    :func:`token_vectors`' settings ``proj``, ``whole_words``, ``drop``), plus ``"single"``, the unit
+    mean-pooled sentence embeddings [n, d] (as :func:`effnb.models.minilm.encode` computes them), when
+    ``single``. Why: the encoder is the expensive step; every index variant reads the same hidden states."""
     if not batches:
         raise ValueError("no batches: tokenize a non-empty list of texts first (tokenize_words or minilm.tokenize)")
-    if drop is not None and not (drop == "stopwords" or isinstance(drop, Gate)):
-        raise ValueError(f"drop={drop!r}: pass None, 'stopwords' or a Gate from train_gate")
-    if drop == "stopwords" and not whole_words:
-        raise ValueError("drop='stopwords' works on words: pass whole_words=True with batches from tokenize_words")
-    out: dict[int, torch.Tensor] = {}
+    if "single" in views:
+        raise ValueError("'single' names the sentence embeddings: call the view something else")
+    for name, view in views.items():
+        _check_view(name, view)
+    needs_words = any(v.get("whole_words") for v in views.values())
+    out: dict[str, dict[int, torch.Tensor]] = {name: {} for name in views}
+    pooled, index = [], []
     with torch.inference_mode():
         for n, b in enumerate(batches):
             hidden = bert(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state.float()
-            wids = None
-            if whole_words:
-                wids = tokenizer_word_ids[n] if tokenizer_word_ids is not None else b.get("word_ids")
-                if wids is None:
-                    raise ValueError("whole_words=True needs word ids: build the batches with tokenize_words "
-                                     "(or pass tokenizer_word_ids, one [B, L] tensor per batch)")
+            wids = tokenizer_word_ids[n] if tokenizer_word_ids is not None else b.get("word_ids")
+            if needs_words and wids is None:
+                raise ValueError("whole_words=True needs word ids: build the batches with tokenize_words "
+                                 "(or pass tokenizer_word_ids, one [B, L] tensor per batch)")
+            if any(v.get("drop") == "stopwords" for v in views.values()) and "words" not in b:
+                raise ValueError("drop='stopwords' needs each word's text: build the batches with tokenize_words")
+            if single:
+                mask = b["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled.append(F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1))
+                index += b["index"]
             for r, i in enumerate(b["index"]):
-                if whole_words:
-                    w = wids[r].masked_fill(~b["attention_mask"][r].bool(), -1)
-                    v = _pool_words(hidden[r], w)
-                else:
-                    v = _real_rows(hidden[r], b["attention_mask"][r])
-                v = F.normalize(proj(v) if proj is not None else v, dim=-1)
-                if drop == "stopwords":
-                    words = b["words"][r][:len(v)]
-                    keep = torch.tensor([not is_stopword(x) for x in words], dtype=torch.bool)
-                    v = v[keep] if bool(keep.any()) or len(v) == 0 else v[:1]
-                elif isinstance(drop, Gate):
-                    v = drop.prune(v)
-                out[i] = v.contiguous()
-    return [out[i] for i in sorted(out)]
+                words = b["words"][r] if "words" in b else None
+                for name, view in views.items():
+                    out[name][i] = _row_vectors(hidden[r], b["attention_mask"][r],
+                                                wids[r] if wids is not None else None, words, **view)
+    result: dict = {name: [vs[i] for i in sorted(vs)] for name, vs in out.items()}
+    if single:
+        result["single"] = torch.cat(pooled)[torch.argsort(torch.tensor(index))]
+    return result
 
 
 @dataclass(frozen=True)
@@ -156,6 +194,12 @@ class Projection:
         return x.to(self.components.dtype) @ self.components
 
 
+def project(vectors: Sequence[torch.Tensor], proj: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+    """``proj`` applied to unit token vectors already computed, re-normalised: the same as encoding again
+    with ``token_vectors(..., proj=proj)``, since a linear map and a row's length commute."""
+    return [F.normalize(proj(v), dim=-1).contiguous() for v in vectors]
+
+
 @dataclass(frozen=True)
 class Gate:
     """ColBERTer's learned vector removal, kept tiny: ``s = sigmoid(w . v + b)``; at index time a
@@ -191,6 +235,60 @@ def _pad(vectors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return out, mask
 
 
+def _labelled(cand: torch.Tensor, positives: Sequence[int]) -> torch.Tensor:
+    """A copy of ``cand`` [Q, C] with each query's positive in column 0 (the label of a cross-entropy over
+    the candidates), the other candidates after it in order, padded with the positive if too few."""
+    cand = cand.clone()
+    for i, p in enumerate(positives):
+        others = cand[i][cand[i] != p][:cand.shape[1] - 1]
+        cand[i] = torch.cat([torch.tensor([p]), others, others.new_full((cand.shape[1] - 1 - len(others),), p)])
+    return cand
+
+
+def _check_training(q_vectors, candidates, positives) -> torch.Tensor:
+    cand = torch.as_tensor(candidates, dtype=torch.int64)
+    if cand.dim() != 2 or len(cand) != len(q_vectors) or len(positives) != len(q_vectors) or not len(cand):
+        raise ValueError(f"pass candidates [Q, C] and positives [Q] for the Q={len(q_vectors)} queries; "
+                         f"got {tuple(cand.shape)} and {len(positives)}")
+    return _labelled(cand, positives)
+
+
+def train_projection(q_vectors: Sequence[torch.Tensor], doc_vectors: Sequence[torch.Tensor], candidates: torch.Tensor,
+                     positives: Sequence[int], dim: int = 128, steps: int = 300, batch: int = 32, lr: float = 1e-3,
+                     seed: int = 0, progress: bool = False) -> tuple[Projection, list[float]]:
+    """ColBERT's linear layer (d -> ``dim``), learned with the encoder frozen: starting from the PCA of the
+    candidates' vectors, Adam on the cross-entropy of re-ranking each train query's ``candidates`` [Q, C]
+    (a first stage's top-C, the positive put in column 0) by MaxSim of the projected, re-normalised vectors.
+    ``batch`` queries per step. Returns the :class:`Projection` (``explained`` is NaN: not a PCA) and the
+    per-step losses. Why train only this layer: the encoder was trained for mean pooling, the layer can
+    re-weight its directions for token matching, and it costs a few matrix products per step."""
+    from ..plots import quiet_tqdm
+    cand = _check_training(q_vectors, candidates, positives)
+    if not 1 <= dim <= q_vectors[0].shape[1] or steps < 1 or batch < 1:
+        raise ValueError(f"dim={dim}, steps={steps}, batch={batch}: pass 1 <= dim <= {q_vectors[0].shape[1]}, "
+                         "steps >= 1 and batch >= 1")
+    used = torch.unique(cand)
+    dv, dmask = _pad([doc_vectors[i] for i in used.tolist()])       # [U, L, d], padded once
+    where = torch.searchsorted(used, cand)                           # [Q, C] rows of dv
+    qv, qmask = _pad(q_vectors)                                      # [Q, m, d]
+    w = Projection.fit([doc_vectors[i] for i in used.tolist()], dim).components.clone().requires_grad_()
+    opt = torch.optim.Adam([w], lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in quiet_tqdm()(range(steps), desc="projection", leave=False, disable=not progress):
+        qi = torch.randint(0, len(cand), (min(batch, len(cand)),), generator=g)
+        q = F.normalize(qv[qi] @ w, dim=-1)                                      # [B, m, k]
+        d = F.normalize(dv[where[qi]] @ w, dim=-1)                               # [B, C, L, k]
+        s = torch.einsum("bmk,bclk->bcml", q, d).masked_fill(~dmask[where[qi]][:, :, None, :], -1e4).amax(-1)
+        score = (s * qmask[qi][:, None, :]).sum(-1)                              # [B, C]
+        loss = F.cross_entropy(score, torch.zeros(len(qi), dtype=torch.int64))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return Projection(w.detach().contiguous(), float("nan")), losses
+
+
 def train_gate(q_vectors: Sequence[torch.Tensor], doc_vectors: Sequence[torch.Tensor], candidates: torch.Tensor,
                positives: Sequence[int], steps: int = 100, l1: float = 0.2, lr: float = 0.01,
                threshold: float = 0.5, seed: int = 0) -> tuple[Gate, list[float]]:
@@ -204,14 +302,7 @@ def train_gate(q_vectors: Sequence[torch.Tensor], doc_vectors: Sequence[torch.Te
     The defaults stop early on purpose: with tens of train queries the gate has more weights (d + 1)
     than the ranking constrains, and longer or faster training lowers the train loss while test
     re-ranking gets worse (the gate turns into a query-set-specific re-weighting)."""
-    cand = torch.as_tensor(candidates, dtype=torch.int64)
-    if cand.dim() != 2 or len(cand) != len(q_vectors) or len(positives) != len(q_vectors) or not len(cand):
-        raise ValueError(f"pass candidates [Q, C] and positives [Q] for the Q={len(q_vectors)} queries; "
-                         f"got {tuple(cand.shape)} and {len(positives)}")
-    cand = cand.clone()
-    for i, p in enumerate(positives):            # the label: the positive sits in column 0
-        others = cand[i][cand[i] != p][:cand.shape[1] - 1]
-        cand[i] = torch.cat([torch.tensor([p]), others, others.new_full((cand.shape[1] - 1 - len(others),), p)])
+    cand = _check_training(q_vectors, candidates, positives)
     used = torch.unique(cand)
     dv, dmask = _pad([doc_vectors[i] for i in used.tolist()])       # [U, L, d]
     where = torch.searchsorted(used, cand)                           # [Q, C] rows of dv
