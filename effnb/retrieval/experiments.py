@@ -96,7 +96,7 @@ def storage_study(s: Split, recipes: Sequence[Variant], depth: int) -> tuple[pd.
     for v in recipes:
         qv, dv = v.vectors(s)
         ix = MV.build_index(dv, v.dtype)
-        m = s.evaluate(S.rerank(qv, ix, S.first_stage(s.q["single"], s.d["single"], depth)))
+        m = s.evaluate(rerank(s, qv, ix, depth))
         base_bytes = base_bytes or ix.nbytes
         per_query[v.name] = m["nDCG@10"]
         rows.append({"index": v.name, "vectors": KEEP[v.keep], "dims": ix.dim, "dtype": v.dtype,
