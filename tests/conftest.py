@@ -59,6 +59,45 @@ def assert_cpp_under_test(family: str, backend: str) -> None:
         assert backend == f"cpp-{os.environ[EXPECT_PATH]}", (backend, ext.isa())
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "isa_build(family, level=None, env=None): the test reruns the kernel "
+                            "tests on that build; the session compiles it in the background beforehand")
+
+
+def _isa_runs_here(level: str) -> bool:
+    from effnb import ext
+    return (not os.environ.get(EXPECT_PATH) and ext.compiler() is not None
+            and ext.LEVELS.index(level) <= ext.LEVELS.index(ext.cpu_level()))
+
+
+def pytest_collection_finish(session):
+    """Start compiling, one after another at low priority, the ISA builds that the selected tests marked
+    ``isa_build`` will need: they then compile on the core the other tests leave idle, and each test's
+    own build call finds its build done (or waits on its build lock) instead of compiling it then."""
+    import shutil
+    import subprocess
+    import sys
+    import threading
+    wanted = []
+    for item in session.items:
+        mark = item.get_closest_marker("isa_build")
+        if mark is None:
+            continue
+        level = mark.kwargs.get("level") or item.callspec.params["level"]
+        key = (mark.args[0], level, tuple(sorted((mark.kwargs.get("env") or {}).items())))
+        if key not in wanted and _isa_runs_here(level):
+            wanted.append(key)
+
+    nice = ["nice", "-n", "10"] if shutil.which("nice") else []
+
+    def build_all():
+        for family, level, env in wanted:
+            subprocess.run([*nice, sys.executable, "-m", "effnb.ext", "build", family],
+                           env={**os.environ, "EFFNB_ISA": level, **dict(env)}, capture_output=True, timeout=900)
+    if wanted and os.environ.get("EFFNB_PREBUILD", "1") != "0":      # EFFNB_PREBUILD=0: build in the tests
+        threading.Thread(target=build_all, name="isa-prebuild", daemon=True).start()
+
+
 def rerun_at_isa(family: str, level: str, test_file: str, tests: list[str], env: dict | None = None,
                  expect: str | None = None) -> None:
     """Build ``family`` with EFFNB_ISA=<level> (its own cached build) and rerun ``tests`` of ``test_file``

@@ -147,6 +147,7 @@ KERNEL_TESTS = ["test_cpp_is_under_test", "test_cats_matches_reference", "test_k
 
 
 @pytest.mark.parametrize("level", ["avx2", "scalar"])
+@pytest.mark.isa_build("adaptive")
 def test_kernels_at_a_lower_isa_level(level):
     """The family built with EFFNB_ISA=<level> runs its own code path through the kernel tests above:
     the AVX2 path and the plain C++ path, on any CPU that runs them."""

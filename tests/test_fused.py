@@ -142,6 +142,7 @@ def _python(*args, env: dict, timeout: float = 900):
 
 
 @pytest.mark.parametrize("level", ["avx2", "scalar"])
+@pytest.mark.isa_build("fused")
 def test_kernels_at_a_lower_isa_level(level):
     """The family built with EFFNB_ISA=<level> runs its own code path through the kernel tests above:
     the AVX2 path and the plain C++ path, on any CPU that runs them."""

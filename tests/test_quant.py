@@ -449,6 +449,7 @@ KERNEL_TESTS = ["test_the_path_under_test", "test_linear_matches_reference", "te
 
 
 @pytest.mark.skipif(ext.compiler() is None, reason="no C++ compiler: only the fallback runs here")
+@pytest.mark.isa_build("quant", level="avx2", env={"EFFNB_CXXFLAGS": ""})
 def test_avx2_path_on_a_wider_cpu():
     """The plain AVX2 path (maddubs into int16, madd to widen) is what AVX2-only CPUs run; on an
     AVX-512 CPU EFFNB_ISA=avx2 builds it apart so that it is tested here too."""
@@ -457,6 +458,7 @@ def test_avx2_path_on_a_wider_cpu():
     rerun_at_isa("quant", "avx2", __file__, KERNEL_TESTS, env={"EFFNB_CXXFLAGS": ""})
 
 
+@pytest.mark.isa_build("quant", level="avx2", env={"EFFNB_CXXFLAGS": EMULATE})
 def test_vnni_code_path_with_an_avx2_stand_in():
     """The VNNI path (vpdpbusd into int32 lanes, no int16 sums) cannot run on a CPU without VNNI.
     Compiled for AVX2 with a stand-in for the one instruction, its accumulation logic must pass

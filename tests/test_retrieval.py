@@ -211,12 +211,14 @@ KERNEL_TESTS = ["test_cpp_is_under_test", "test_kernels_match_reference_on_awkwa
 
 
 @pytest.mark.parametrize("level", ["avx2", "scalar"])
+@pytest.mark.isa_build("retrieval", env={"EFFNB_CXXFLAGS": ""})
 def test_kernels_at_a_lower_isa_level(level):
     """The family built with EFFNB_ISA=<level> runs its own path through the kernel tests above: the AVX2
     path (maddubs int8, 8-lane fp32) and the plain C++ path, on any CPU that runs them."""
     rerun_at_isa("retrieval", level, __file__, KERNEL_TESTS, env={"EFFNB_CXXFLAGS": ""})
 
 
+@pytest.mark.isa_build("retrieval", level="avx512", env={"EFFNB_CXXFLAGS": NO_VNNI})
 def test_avx512_path_without_vnni():
     """AVX-512 CPUs without VNNI run 16-lane fp32 and the AVX2 int8 step; on a VNNI CPU that build is
     made apart (-mno-avx512vnni) so that it is tested here too (the default build runs VNNI)."""

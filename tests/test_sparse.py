@@ -274,6 +274,7 @@ KERNEL_TESTS = ["test_cpp_is_under_test", "test_matmul_matches_reference", "test
 
 
 @pytest.mark.parametrize("level", ["avx2", "scalar"])
+@pytest.mark.isa_build("sparse")
 def test_kernels_at_a_lower_isa_level(level):
     """The family built with EFFNB_ISA=<level> runs its own code path through the kernel tests above:
     the AVX2 path and the plain C++ path, on any CPU that runs them."""
