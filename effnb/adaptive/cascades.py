@@ -412,16 +412,3 @@ def automation_study(model_or_members, splits: dict, target: float = 0.99, peer=
                      "automated_share": cov, "automated_accuracy": acc, "overall_accuracy": overall,
                      "meets_target": bool(cov and acc >= on_test - 1e-12)})
     return pd.DataFrame(rows)
-
-
-def studies(seed: int = 0, n_members: int = 4, width: int = 4, epochs: int = 40, risk: float = 0.05,
-            noise: float = 0.2, repeats: int = 7) -> dict:
-    """Everything at the defaults: data, models, both tables, and the seconds it took."""
-    t0 = time.perf_counter()
-    splits = digits_splits(seed, noise)
-    members, large = build_models(splits, n_members, width, seed, epochs)
-    cas = cascade_study(members, large, splits, risk, repeats=repeats)
-    auto = pd.concat([automation_study(members[:1], splits, peer=members).assign(model=f"single small (w={width})"),
-                      automation_study(members, splits, peer=large).assign(model=f"ensemble (M={n_members})")],
-                     ignore_index=True)
-    return {"cascade": cas, "automation": auto, "seconds": time.perf_counter() - t0}

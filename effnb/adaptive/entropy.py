@@ -332,7 +332,7 @@ def speculative_generate(small, large, prompt_ids, max_new_tokens: int, draft: i
                    acceptance=kept / proposed if proposed else math.nan)
 
 
-def _agreement(tokens: list, ref: list) -> tuple[float, int]:
+def agreement(tokens: list, ref: list) -> tuple[float, int]:
     """Share of positions equal to ``ref`` and the length of the common prefix."""
     same = [a == b for a, b in zip(tokens, ref)]
     prefix = next((i for i, s in enumerate(same) if not s), len(same))
@@ -372,7 +372,7 @@ def decode_study(small, large, prompts, max_new_tokens: int, thresholds, window:
             secs += statistics.median(r.seconds for r in runs)
             res.append(runs[0])
         new = sum(len(r.tokens) for r in res)
-        agree = [_agreement(r.tokens, ref) for r, ref in zip(res, refs)]
+        agree = [agreement(r.tokens, ref) for r, ref in zip(res, refs)]
         rows.append({"method": name, "threshold": thr, "ms_per_token": 1e3 * secs / new,
                      "large_share": sum(r.large_share * len(r.tokens) for r in res) / new,
                      "large_passes_per_token": sum(r.large_passes for r in res) / new,

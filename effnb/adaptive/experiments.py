@@ -16,6 +16,7 @@ import torch
 from ..lm.model import weight_bytes
 from . import contextual as C
 from . import sirius as S
+from .entropy import agreement
 
 
 def docstring_prompts(tokenizer, n: int, seed: int = 0, max_tokens: int = 96) -> list[list[int]]:
@@ -72,11 +73,6 @@ def sparsity_quality(model, prompts, continuations, keeps, calibration, modes=("
     return pd.DataFrame(rows)
 
 
-def _agreement(tokens, ref) -> tuple[float, int]:
-    same = [a == b for a, b in zip(tokens, ref)]
-    return sum(same) / len(ref), next((i for i, s in enumerate(same) if not s), len(same))
-
-
 def decode_race(model, prompts, continuations, new_tokens: int, keep: float, calibration, mode: str = "cats",
                 periods=(4, 8), tolerances=(1.0, 0.1), repeats: int = 3, progress: bool = True):
     """Batch-1 greedy decode of ``new_tokens`` after each prompt, ms per token (median of ``repeats``,
@@ -104,7 +100,7 @@ def decode_race(model, prompts, continuations, new_tokens: int, keep: float, cal
                 run(p)                                               # warm-up, once per loop
             runs = [run(p) for _ in range(repeats)]
             secs += statistics.median(r.seconds for r in runs)
-            a, c = _agreement(runs[0].tokens, ref)
+            a, c = agreement(runs[0].tokens, ref)
             agree.append(a)
             prefix.append(c)
             passes += runs[0].full_passes
@@ -113,7 +109,7 @@ def decode_race(model, prompts, continuations, new_tokens: int, keep: float, cal
         n = new_tokens * len(prompts)
         rows.append({"decode loop": name, "ms/token": 1e3 * secs / n, "agreement": statistics.fmean(agree),
                      "common prefix": statistics.fmean(prefix), "full passes/token": passes / n,
-                     "corrected blocks %": 100 * corrections / blocks if blocks else float("nan")})
+                     "corrected blocks %": 100 * corrections / blocks if name.startswith("Sirius") and blocks else float("nan")})
     C.contextualize(model, 1.0)
     df = pd.DataFrame(rows)
     df["vs full"] = df["ms/token"].iloc[:2].min() / df["ms/token"]

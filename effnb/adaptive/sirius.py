@@ -105,7 +105,8 @@ def plain_generate(model, ids, max_new_tokens: int, mode: str = "dense") -> Gene
     out = [nxt]
     while len(out) < max_new_tokens:
         out.append(int(model(torch.tensor([[out[-1]]]), cache)[0, -1].argmax()))
-    return Generation(out, time.perf_counter() - t0, 1 if mode == "dense" else 0, len(out) - 1, 0)
+    dense = mode in ("dense", "dense-kernel")            # the prefill is the full model's in every mode
+    return Generation(out, time.perf_counter() - t0, len(out) if dense else 1, 0 if dense else len(out) - 1, 0)
 
 
 @torch.inference_mode()
