@@ -64,10 +64,12 @@ def pytest_configure(config):
                             "tests on that build; the session compiles it in the background beforehand")
 
 
-def _isa_runs_here(level: str) -> bool:
+def _why_no_isa_run(level: str) -> str:
+    """Why a rerun at ``level`` cannot happen here ("" when it can)."""
     from effnb import ext
-    return (not os.environ.get(EXPECT_PATH) and ext.compiler() is not None
-            and ext.LEVELS.index(level) <= ext.LEVELS.index(ext.cpu_level()))
+    return ("already inside an ISA run" if os.environ.get(EXPECT_PATH) else
+            "no C++ compiler: only the fallback runs here (tested by forcing it)" if ext.compiler() is None else
+            f"this CPU does not run {level}" if ext.LEVELS.index(level) > ext.LEVELS.index(ext.cpu_level()) else "")
 
 
 def pytest_collection_finish(session):
@@ -85,7 +87,7 @@ def pytest_collection_finish(session):
             continue
         level = mark.kwargs.get("level") or item.callspec.params["level"]
         key = (mark.args[0], level, tuple(sorted((mark.kwargs.get("env") or {}).items())))
-        if key not in wanted and _isa_runs_here(level):
+        if key not in wanted and not _why_no_isa_run(level):
             wanted.append(key)
 
     nice = ["nice", "-n", "10"] if shutil.which("nice") else []
@@ -104,10 +106,7 @@ def rerun_at_isa(family: str, level: str, test_file: str, tests: list[str], env:
     there in a subprocess, which must pass without skipping and run the path ``expect`` (default: level)."""
     import subprocess
     import sys
-    from effnb import ext
-    why_not = ("already inside an ISA run" if os.environ.get(EXPECT_PATH) else
-               "no C++ compiler: only the fallback runs here (tested by forcing it)" if ext.compiler() is None else
-               f"this CPU does not run {level}" if ext.LEVELS.index(level) > ext.LEVELS.index(ext.cpu_level()) else "")
+    why_not = _why_no_isa_run(level)
     if why_not:
         pytest.skip(why_not)
     env = {**os.environ, "EFFNB_ISA": level, EXPECT_PATH: expect or level, **(env or {})}
