@@ -137,10 +137,10 @@ def test_teacher_forced_counts_and_large_accuracy(models, val_ids):
     df = ead.ead_curve(st, [0.5], 4)
     big = df[df.method == "large only"].iloc[0]
     assert big.accuracy == pytest.approx(hits / n)
-    # bits per byte of each model alone = generate.score of it
+    # bits per token (byte) of each model alone = generate.score of it
     from effnb.lm.generate import score
     s = score(large, ids, 256, 128)
-    assert big.bits_per_byte == pytest.approx(s["nll"] / s["tokens"] / math.log(2), rel=1e-5)
+    assert big.bits_per_token == pytest.approx(s["nll"] / s["tokens"] / math.log(2), rel=1e-5)
     assert big.acc_pct_of_large == pytest.approx(100) and big.cost_pct_of_large == pytest.approx(100)
 
 

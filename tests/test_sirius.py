@@ -165,3 +165,26 @@ def test_threshold_for_share_takes_the_lowest_within_the_budget():
     assert E.threshold_for_share(Stats, 1, 0.25, [3.0, 0.0, 2.0]) == 3.0
     with pytest.raises(ValueError, match="larger thresholds"):
         E.threshold_for_share(Stats, 1, 0.1, [0.0, 1.0])
+
+
+def test_sparsity_quality_with_one_prefill_per_prompt_equals_a_prefill_per_call():
+    """The study reuses each prompt's full-model prefill for every mode and keep (and Griffin's activation
+    norms for every k); its agreements must equal a fresh prefill per call."""
+    from effnb.adaptive import experiments as E
+    model = tiny(seed=4)
+    with torch.no_grad():
+        for b in model.layers:          # large FFN outputs, so that dropping neurons changes tokens
+            for m in (b.ffn.gate, b.ffn.up, b.ffn.down):
+                m.weight.mul_(10)
+    C.contextualize(model, 1.0)
+    ps = prompts(3, seed=4)
+    conts = E.full_continuations(model, ps, 6)
+    calib = prompts(2, seed=9)
+    got = E.sparsity_quality(model, ps, conts, [0.2, 0.5], calib).set_index(["mode", "keep"])["agreement"]
+    for keep in (0.2, 0.5):
+        C.contextualize(model, keep)
+        C.calibrate_cats(model, calib)
+        for mode in ("griffin", "cats", "static"):
+            want = sum(S.teacher_forced_agreement(model, p, c, mode) for p, c in zip(ps, conts)) / len(ps)
+            assert got[mode, keep] == pytest.approx(want), (mode, keep)
+    assert got.min() < 1.0      # sparsity changes something here, so equality is not trivial

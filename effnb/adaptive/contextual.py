@@ -94,10 +94,15 @@ class ContextualFFN(nn.Module):
         """Dense output for the prompt, and the k neurons with the largest activation norm over it."""
         f = self.full
         h = f.act(f.gate(x)) * f.up(x)
-        score = h.reshape(-1, h.shape[-1]).norm(dim=0)
+        self.prompt_score = h.reshape(-1, h.shape[-1]).norm(dim=0)
+        self.choose(self.prompt_score)
+        return f.down(h)
+
+    def choose(self, score) -> None:
+        """Griffin's neurons: the k with the largest ``score`` (a prompt's activation norms, kept as
+        ``prompt_score`` by the prefill that chose them, so another k can reuse them)."""
         self.griffin = self._slice(score.topk(self.k).indices.sort().values)
         self.select_next = False
-        return f.down(h)
 
     def bytes_per_token(self, active: float | None = None) -> int:
         """FFN weight bytes one token reads in this mode (``active``: the CATS share measured)."""

@@ -146,8 +146,9 @@ def rolling_entropy(entropy, window: int) -> torch.Tensor:
 
 def ead_curve(stats: TeacherForced, thresholds, window: int, speculative: "Decoded | float | None" = None):
     """Per threshold: the share of positions the large model predicts (rolling entropy > threshold), the
-    mixed predictor's next-token accuracy and bits per byte (log-prob of the model chosen), each also as a
-    % of the large model alone (for bits, ``100 * large_bpb / bpb``: 100 = as good as large), and the cost
+    mixed predictor's next-token accuracy and bits per token (per byte for the byte models; the log-prob
+    of the model chosen), each also as a % of the large model alone (for bits,
+    ``100 * large_bits / bits``: 100 = as good as large), and the cost
     in weight bytes read per token (small on every token + large on its share) and as a % of large alone.
 
     This cost is a lower bound for a real decode: there the large model must also catch up on the tokens
@@ -165,9 +166,9 @@ def ead_curve(stats: TeacherForced, thresholds, window: int, speculative: "Decod
 
     def row(method, thr, use_large, bytes_per_token):
         correct = torch.where(use_large, stats.large_argmax, stats.small_argmax) == tgt
-        bpb = float(-torch.where(use_large, stats.large_logp, stats.small_logp).double().mean()) / LN2
+        bits = float(-torch.where(use_large, stats.large_logp, stats.small_logp).double().mean()) / LN2
         return {"method": method, "threshold": thr, "large_share": float(use_large.float().mean()),
-                "accuracy": float(correct.float().mean()), "bits_per_byte": bpb,
+                "accuracy": float(correct.float().mean()), "bits_per_token": bits,
                 "weight_bytes_per_token": bytes_per_token}
 
     rows = [row("small only", math.inf, torch.zeros_like(tgt, dtype=torch.bool), sb),
@@ -186,7 +187,7 @@ def ead_curve(stats: TeacherForced, thresholds, window: int, speculative: "Decod
     df = pd.DataFrame(rows)
     big = rows[1]
     df["acc_pct_of_large"] = 100 * df["accuracy"] / big["accuracy"]
-    df["bpb_pct_of_large"] = 100 * big["bits_per_byte"] / df["bits_per_byte"]
+    df["bits_pct_of_large"] = 100 * big["bits_per_token"] / df["bits_per_token"]
     df["cost_pct_of_large"] = 100 * df["weight_bytes_per_token"] / lb
     return df
 

@@ -57,6 +57,13 @@ def sparsity_quality(model, prompts, continuations, keeps, calibration, modes=("
     (mean over prompts), FFN bytes read per token and the whole model's bytes per token, both as a % of
     dense. CATS thresholds are calibrated on ``calibration`` prompts (never the test prompts)."""
     total = weight_bytes(model)
+    C.contextualize(model, 1.0)
+    prefilled = []                  # one full-model prefill per prompt serves every mode and keep
+    with torch.inference_mode():
+        for p, c in zip(prompts, continuations):
+            cache = model.new_cache(1, len(p) + len(c) + 1)
+            first = int(S._prefill(model, torch.tensor([list(p)]), "griffin", cache).argmax())
+            prefilled.append((cache, first, [f.prompt_score for f in C.ffns(model)]))
     rows = []
     for keep in keeps:
         C.contextualize(model, keep)
@@ -64,7 +71,12 @@ def sparsity_quality(model, prompts, continuations, keeps, calibration, modes=("
             C.calibrate_cats(model, calibration)
         dense_ffn = C.ffn_bytes(model, "dense")
         for mode in modes:
-            agree = [S.teacher_forced_agreement(model, p, c, mode) for p, c in zip(prompts, continuations)]
+            agree = []
+            for (cache, first, scores), c in zip(prefilled, continuations):
+                if mode == "griffin":
+                    for f, score in zip(C.ffns(model), scores):
+                        f.choose(score)
+                agree.append(S.agreement_after_prefill(model, cache, first, c, mode))
             ffn = C.ffn_bytes(model, mode)
             rows.append({"method": _sparse_names(keep)[mode], "mode": mode, "keep": keep,
                          "agreement": statistics.fmean(agree), "worst prompt": min(agree),
@@ -137,16 +149,16 @@ def block_cost(model, sizes=(1, 4, 8), context: int = 48, repeats: int = 5, mode
     return df
 
 
-def ead_split(small, large, text: str, calib_chars: int, test_chars: int, context: int = 256):
-    """Teacher-forced statistics of both byte models on two disjoint pieces of ``text``: the threshold is
-    chosen on the first and judged on the second."""
+def ead_split(small, large, ids, calib_tokens: int, test_tokens: int, context: int = 256):
+    """Teacher-forced statistics of a small/large pair on two disjoint pieces of ``ids`` (token ids of one
+    text): the threshold is chosen on the first and judged on the second."""
     from .entropy import teacher_forced
-    if calib_chars + test_chars > len(text):
-        raise ValueError(f"the text has {len(text)} characters; calib_chars + test_chars = "
-                         f"{calib_chars + test_chars}: pass smaller pieces")
-    ids = list(text.encode("utf-8"))
-    return (teacher_forced(small, large, ids[:calib_chars], context, context // 2),
-            teacher_forced(small, large, ids[calib_chars:calib_chars + test_chars], context, context // 2))
+    ids = list(ids)
+    if calib_tokens + test_tokens > len(ids):
+        raise ValueError(f"the text has {len(ids)} tokens; calib + test = {calib_tokens + test_tokens}: "
+                         f"pass smaller pieces")
+    return (teacher_forced(small, large, ids[:calib_tokens], context, context // 2),
+            teacher_forced(small, large, ids[calib_tokens:calib_tokens + test_tokens], context, context // 2))
 
 
 def threshold_for_share(stats, window: int, share: float, thresholds) -> float:

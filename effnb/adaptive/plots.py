@@ -56,6 +56,9 @@ def plot_ead(curve, chosen: float | None = None, share: float = 0.5):
             label="EAD, next-token accuracy (x: share of tokens on the large model)")
     ax.plot(ead["cost_pct_of_large"], ead["acc_pct_of_large"], ls="--", color="C0", alpha=0.5,
             label="EAD against its weight-byte cost (% of the large model)")
+    if "cost_pct_resumed" in ead:
+        ax.plot(ead["cost_pct_resumed"], ead["acc_pct_of_large"], ls=":", color="C2",
+                label="the same, large model resuming from the cut")
     for name, colour in (("small only", "C7"), ("large only", "black")):
         r = curve[curve["method"] == name].iloc[0]
         ax.plot(100 * r["large_share"], r["acc_pct_of_large"], marker="D", color=colour, ls="none", label=name)

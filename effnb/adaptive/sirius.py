@@ -116,7 +116,17 @@ def teacher_forced_agreement(model, ids, continuation, mode: str) -> float:
     x = torch.as_tensor(list(ids), dtype=torch.long)[None]
     cache = model.new_cache(1, x.shape[1] + len(continuation) + 1)
     first = int(_prefill(model, x, mode, cache).argmax())
+    return agreement_after_prefill(model, cache, first, continuation, mode)
+
+
+@torch.inference_mode()
+def agreement_after_prefill(model, cache, first: int, continuation, mode: str) -> float:
+    """:func:`teacher_forced_agreement` from a prompt already in ``cache`` (``first``: the full model's
+    next token after it). The prefill is the full model's in every mode, so one serves them all; the
+    cache is left holding the prompt only."""
+    n = cache.length
     set_mode(model, mode)
     rest = model(torch.tensor([list(continuation[:-1])]), cache)[0].argmax(-1).tolist() if len(continuation) > 1 else []
+    cache.truncate(n)
     pred = [first] + rest
     return sum(int(p == c) for p, c in zip(pred, continuation)) / len(continuation)
