@@ -33,6 +33,44 @@ def test_rocket_matches_reference(seed, n, c, length, k):
     assert np.all(np.abs(got[:, 0::2] - want[:, 0::2]) <= 1.0 / out_len + 1e-6)
 
 
+
+@FAST
+@given(seed=st.integers(0, 10_000), n=st.sampled_from([1, 2, 5, 15, 16, 17, 31, 33, 47]), c=st.integers(1, 4),
+       length=st.integers(11, 40) | st.sampled_from([100, 512, 513]), k=st.integers(1, 9), jobs=st.integers(1, 2),
+       lanes=st.booleans())
+def test_rocket_layouts_match_reference(seed, n, c, length, k, jobs, lanes):
+    """Either layout (forced), any series count (partial blocks of LANES, one series), threads: the reference."""
+    from effnb.timeseries import rocket
+    X = panel(seed, n, c, length)
+    r = T.Rocket(num_kernels=k, random_state=seed, n_jobs=jobs).fit(X)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rocket, "use_lanes", lambda n, length: lanes)
+        got = r.transform(X)
+        ks = r.kernels_
+        # a channel subset and the kernels that read only it (SelectedRocket), on the forced layout
+        chans = np.random.default_rng(seed).permutation(c)[:c // 2 + 1]
+        kept = [i for i in range(k) if set(ks["chans"][ks["c_off"][i]:ks["c_off"][i] + ks["nchs"][i]]) <= set(chans)]
+        if kept:
+            feats = np.sort(np.concatenate([2 * np.array(kept), 2 * np.array(kept[::2]) + 1]))
+            sel = T.SelectedRocket(r, feats, n_jobs=jobs, channels=chans).fit()
+            np.testing.assert_array_equal(sel.transform(X), got[:, feats])
+        mp.setattr(rocket, "use_lanes", lambda n, length: not lanes)
+        other = r.transform(X)
+    want = R.rocket_features(T._normalise(X), ks)
+    np.testing.assert_allclose(got[:, 1::2], want[:, 1::2], rtol=1e-4, atol=1e-4)
+    out_len = length + 2 * ks["pads"] - (ks["lengths"] - 1) * ks["dils"]
+    assert np.all(np.abs(got[:, 0::2] - want[:, 0::2]) <= 1.0 / out_len + 1e-6)
+    # the two layouts add the same terms in the same order: the same bits
+    np.testing.assert_array_equal(other, got)
+
+
+def test_rocket_layout_rule():
+    from effnb.timeseries import rocket
+    assert rocket.use_lanes(1029, 24) and rocket.use_lanes(370, 29) and rocket.use_lanes(16, rocket.LANES_MAX_LENGTH)
+    assert not rocket.use_lanes(1029, rocket.LANES_MAX_LENGTH + 1)
+    assert not rocket.use_lanes(1, 24) and not rocket.use_lanes(17, 24)   # blocks mostly idle lanes
+
+
 @FAST
 @given(seed=st.integers(0, 10_000), n=st.integers(1, 19), c=st.integers(1, 3), length=st.integers(9, 45),
        per=st.integers(1, 9))

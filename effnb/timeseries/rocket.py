@@ -5,10 +5,15 @@ per-series buffer, reused by every kernel, and PPV / max are counted while it
 is still in L1), vectorised over time (each tap adds ``w * x[t + offset]`` over
 a contiguous range of ``t``, the padding handled by clipping that range, so
 LLVM emits float32 FMAs) and parallel over series (``prange``, ``n_jobs``
-threads). ``SelectedRocket`` runs only the kernels behind kept features.
+threads). Series up to LANES_MAX_LENGTH long are instead vectorised across
+blocks of LANES series (``_rocket_transform_lanes``, rule in ``use_lanes``):
+there a tap is a handful of vectors and loop overhead dominates. Both layouts
+add the same terms in the same order, so they give the same bits.
+``SelectedRocket`` runs only the kernels behind kept features.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -68,6 +73,85 @@ def _rocket_transform(X, kids, lengths, biases, dils, pads, nchs, c_off, chans, 
     return out
 
 
+LANES = 16   # series per block in the lanes layout: one AVX-512 vector of float32
+LANES_MAX_LENGTH = 512   # longest series put on the lanes layout (use_lanes)
+
+
+@njit(cache=True, fastmath=True)
+def _rocket_kernel_lanes(xt, L, chans, c0, nch, w, w0, length, bias, dil, pad, buf, acc, cnt, mx):
+    """One kernel on a block of LANES series xt, flat (C, L, LANES): per-lane PPV count in cnt, max in mx.
+
+    Time-major with the series innermost, each tap is one contiguous FMA loop
+    over (output positions x lanes), so a length-24 series still gives full vectors.
+    """
+    out_len = L + 2 * pad - (length - 1) * dil
+    for q in range(out_len * LANES):
+        buf[q] = bias
+    for ci in range(nch):
+        base = chans[c0 + ci] * L * LANES
+        for j in range(length):
+            wj = w[w0 + ci * length + j]
+            off = j * dil - pad
+            lo = max(0, -off)
+            hi = min(out_len, L - off)
+            bs = buf[lo * LANES:hi * LANES]
+            xs = xt[base + (lo + off) * LANES:base + (hi + off) * LANES]
+            for q in range((hi - lo) * LANES):
+                bs[q] += wj * xs[q]
+    # PPV and max per lane as running sums / maxima down the rows (row t takes row t - 1's): a dependence
+    # LANES apart, so LLVM vectorises it across the lanes; a loop over the lanes' columns stayed scalar
+    # and cost half as much as the taps
+    for q in range(LANES):
+        acc[q] = np.float32(buf[q] > 0)
+    for q in range(LANES, out_len * LANES):
+        v = buf[q]
+        acc[q] = acc[q - LANES] + np.float32(v > 0)
+        buf[q] = max(v, buf[q - LANES])
+    last = (out_len - 1) * LANES
+    for s in range(LANES):
+        cnt[s] = acc[last + s]
+        mx[s] = buf[last + s]
+    return out_len
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def _rocket_transform_lanes(X, kids, lengths, biases, dils, pads, nchs, c_off, chans, w_off, w, kchunks):
+    """``_rocket_transform`` for series up to LANES_MAX_LENGTH: vectorised across blocks of LANES series.
+
+    Work items are (block, one of ``kchunks`` slices of the kernels), so that a
+    few blocks still keep every thread busy; each item transposes its block.
+    """
+    n, C, L = X.shape
+    K = kids.shape[0]
+    out = np.empty((n, 2 * K), dtype=np.float32)
+    maxout = L
+    for kk in range(K):
+        k = kids[kk]
+        maxout = max(maxout, L + 2 * pads[k] - (lengths[k] - 1) * dils[k])
+    nb = (n + LANES - 1) // LANES
+    for item in prange(nb * kchunks):
+        i0 = (item // kchunks) * LANES
+        part = item % kchunks
+        m = min(LANES, n - i0)
+        xt = np.zeros(C * L * LANES, dtype=np.float32)   # missing lanes of the last block read zeros
+        for s in range(m):
+            for c in range(C):
+                for t in range(L):
+                    xt[(c * L + t) * LANES + s] = X[i0 + s, c, t]
+        buf = np.empty(maxout * LANES, dtype=np.float32)
+        acc = np.empty(maxout * LANES, dtype=np.float32)
+        cnt = np.empty(LANES, dtype=np.float32)
+        mx = np.empty(LANES, dtype=np.float32)
+        for kk in range(part * K // kchunks, (part + 1) * K // kchunks):
+            k = kids[kk]
+            out_len = _rocket_kernel_lanes(xt, L, chans, c_off[k], nchs[k], w, w_off[k], lengths[k], biases[k],
+                                           dils[k], pads[k], buf, acc, cnt, mx)
+            for s in range(m):
+                out[i0 + s, 2 * kk] = np.float32(cnt[s] / out_len)
+                out[i0 + s, 2 * kk + 1] = mx[s]
+    return out
+
+
 @njit(cache=True, fastmath=True, parallel=True)
 def _rocket_transform_bands(X, starts, lens, kband, lengths, biases, dils, pads, nchs, c_off, chans, w_off, w):
     """Like ``_rocket_transform`` for kernels that each read one band: band b of series i is
@@ -119,10 +203,32 @@ def rocket_kernels(n_kernels: int, n_channels: int, length: int, seed=None) -> d
             "w_off": w_off, "w": np.concatenate(weights).astype(np.float32)}
 
 
+def use_lanes(n: int, length: int) -> bool:
+    """The lanes layout for series up to LANES_MAX_LENGTH long, when at most a third of its lanes idle.
+
+    Vectorised over time, a short series gives each tap a loop of one or two
+    vectors plus a remainder; across series every tap is full vectors. Measured
+    (2-core AVX-512 EPYC, 1 thread, vs the time layout): 6-7x faster at length
+    24, 3.7x at 100, 2.7x at 250, 1.3-1.5x at 500 (1 and 6 channels), then
+    1.1-1.6x with a block no longer in L2. A zero-padded block costs full price,
+    so few series (or just over a block's worth) stay on the time layout.
+    """
+    padded = -(-n // LANES) * LANES
+    return length <= LANES_MAX_LENGTH and padded <= 1.5 * n
+
+
 def _rocket_apply(kernels: dict, X: np.ndarray, kids: np.ndarray) -> np.ndarray:
     k = kernels
-    return _rocket_transform(X, np.ascontiguousarray(kids, dtype=np.int64), k["lengths"], k["biases"],
-                             k["dils"], k["pads"], k["nchs"], k["c_off"], k["chans"], k["w_off"], k["w"])
+    kids = np.ascontiguousarray(kids, dtype=np.int64)
+    args = (X, kids, k["lengths"], k["biases"], k["dils"], k["pads"], k["nchs"], k["c_off"], k["chans"],
+            k["w_off"], k["w"])
+    n, L = X.shape[0], X.shape[2]
+    if not use_lanes(n, L):
+        return _rocket_transform(*args)
+    blocks = -(-n // LANES)
+    # at least 4 work items per thread, so that a few blocks still spread over the threads
+    kchunks = max(1, min(len(kids), -(-4 * numba.get_num_threads() // blocks)))
+    return _rocket_transform_lanes(*args, kchunks)
 
 
 def _normalise(X: np.ndarray) -> np.ndarray:
