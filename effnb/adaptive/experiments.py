@@ -62,7 +62,7 @@ def sparsity_quality(model, prompts, continuations, keeps, calibration, modes=("
     with torch.inference_mode():
         for p, c in zip(prompts, continuations):
             cache = model.new_cache(1, len(p) + len(c) + 1)
-            first = int(S._prefill(model, torch.tensor([list(p)]), "griffin", cache).argmax())
+            first = int(S.prefill(model, torch.tensor([list(p)]), "griffin", cache).argmax())
             prefilled.append((cache, first, [f.prompt_score for f in C.ffns(model)]))
     rows = []
     for keep in keeps:

@@ -38,7 +38,7 @@ class Generation:
         return 1e3 * self.seconds / max(1, len(self.tokens))
 
 
-def _prefill(model, x, sparse: str, cache):
+def prefill(model, x, sparse: str, cache):
     """The prompt through the full model; in Griffin mode the same pass chooses the neurons."""
     if sparse == "griffin":
         set_mode(model, "griffin")
@@ -66,7 +66,7 @@ def sirius_generate(model, ids, max_new_tokens: int, sparse: str = "griffin", pe
     x = torch.as_tensor(ids, dtype=torch.long)[None]
     t0 = time.perf_counter()
     cache = model.new_cache(1, x.shape[1] + max_new_tokens + period + 1)
-    nxt = int(_prefill(model, x, sparse, cache).argmax())
+    nxt = int(prefill(model, x, sparse, cache).argmax())
     out, passes, steps, corrections = [], 1, 0, 0
     while len(out) < max_new_tokens:
         start = cache.length                      # where block[0] goes
@@ -100,7 +100,7 @@ def plain_generate(model, ids, max_new_tokens: int, mode: str = "dense") -> Gene
     x = torch.as_tensor(ids, dtype=torch.long)[None]
     t0 = time.perf_counter()
     cache = model.new_cache(1, x.shape[1] + max_new_tokens + 1)
-    nxt = int(_prefill(model, x, mode, cache).argmax())
+    nxt = int(prefill(model, x, mode, cache).argmax())
     set_mode(model, mode)
     out = [nxt]
     while len(out) < max_new_tokens:
@@ -115,7 +115,7 @@ def teacher_forced_agreement(model, ids, continuation, mode: str) -> float:
     history (the prompt ``ids`` chooses Griffin's neurons first): a per-token view of drift."""
     x = torch.as_tensor(list(ids), dtype=torch.long)[None]
     cache = model.new_cache(1, x.shape[1] + len(continuation) + 1)
-    first = int(_prefill(model, x, mode, cache).argmax())
+    first = int(prefill(model, x, mode, cache).argmax())
     return agreement_after_prefill(model, cache, first, continuation, mode)
 
 
