@@ -5,6 +5,7 @@ number of threads, so chapters call :func:`set_threads` once, first.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 _ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -48,6 +49,20 @@ def set_threads(n: int | None = None) -> int:
     except ImportError:  # numba is optional for users of the torch path only
         pass
     return n
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block on ``n`` torch threads (``None``: leave them), then restore the count: tiny
+    models run fastest, and steadiest on a shared machine, on one."""
+    import torch
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(validate_threads(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def current_threads() -> dict:

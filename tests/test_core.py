@@ -312,3 +312,27 @@ def test_a_broken_measurement_is_recorded_not_raised():
     assert c.verdict == claims.INVALID and c.measured is None
     with pytest.raises(claims.ClaimError, match="without saying why"):
         led.check("y", paper="p", statement="s", quoted="-", measured=1.0, target=(">=", 1.0), valid=(False, ""))
+
+
+def test_peak_bytes_sees_torch_cpu_allocations():
+    import torch
+    from effnb import memory
+
+    def step():
+        a = torch.ones(1000, 1000)  # 4 MB live while b (another 4 MB) is made
+        b = a * 2
+        return float(b.sum())
+    assert 8_000_000 <= memory.peak_bytes(step) < 9_000_000
+
+
+def test_torch_threads_restores_the_count():
+    import torch
+    from effnb.threads import torch_threads
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        with torch_threads(0):
+            pass
+    assert torch.get_num_threads() == before

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,19 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..threads import torch_threads
+
 SCORES = ("msp", "log_msp", "entropy")
-
-
-@contextmanager
-def _threads(n: int | None):
-    """Run on ``n`` torch threads, then restore: tiny models are fastest (and steadiest) on one."""
-    prev = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(prev)
 
 
 def digits_splits(seed: int = 0, noise: float = 0.2, fractions=(0.2, 0.4, 0.4)) -> dict:
@@ -115,7 +104,7 @@ def train(width: int, seed: int, splits: dict, epochs: int = 40, lr: float = 1e-
 
     About a second per model on one thread at the defaults; same seed (and threads) -> same weights.
     """
-    with _threads(threads), torch.enable_grad():  # trains even when called under no_grad/inference_mode
+    with torch_threads(threads), torch.enable_grad():  # trains even when called under no_grad/inference_mode
         return _train(width, seed, splits, epochs, lr, batch, weight_decay)
 
 
@@ -311,7 +300,7 @@ def build_models(splits: dict, n_members: int = 4, width: int = 4, seed: int = 0
 
 
 def _best_time(fn, repeats: int, threads: int | None) -> float:
-    with _threads(threads):
+    with torch_threads(threads):
         fn()  # untimed warm-up
         best = math.inf
         for _ in range(max(1, repeats)):

@@ -31,7 +31,7 @@ Inference: the loss runs only in training; both losses share the encoder and hea
 nodes costs the same (``infer_x`` ~ 1 up to noise). The paper's 1.8x inference gain must come from
 something the abstract does not describe (its models or baselines differ); we do not invent it.
 
-Memory on CPU: :func:`peak_step_bytes` reads torch's own CPU allocator counter (``total_allocated`` of
+Memory on CPU: :func:`effnb.memory.peak_bytes` reads torch's own CPU allocator counter (``total_allocated`` of
 the profiler's allocation events, ``profile_memory=True``): bytes allocated during one training step and
 still live, at their peak. tracemalloc does not see torch's allocations, ru_maxrss never goes down.
 :func:`largest_tensor` records, through a dispatch mode, the shape of the biggest tensor any op builds in
@@ -42,12 +42,14 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .. import memory
+from ..threads import torch_threads
 
 LOSSES = ("pairwise", "pamc")
 DIGITS_N = 1797
@@ -230,41 +232,7 @@ def meta_negatives(z: torch.Tensor, p: torch.Tensor, tau: float) -> torch.Tensor
     return torch.exp(mu @ mu.T / tau)
 
 
-# ----------------------------------------------------------------------------- measuring memory
-@contextmanager
-def _quiet_stderr():
-    """Kineto logs profiler start/stop, and c10 a once-per-process warning, on file descriptor 2 (into
-    notebook cells): hide that C-level chatter while profiling. Python exceptions still propagate."""
-    import os
-    import sys
-    sys.stderr.flush()
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
-
-
-def peak_step_bytes(step) -> int:
-    """Peak bytes torch's CPU allocator holds for ``step()`` beyond what was live before: the profiler's
-    allocation events carry the allocator's running ``total_allocated`` (blocks allocated before
-    profiling started are not counted, not even when freed)."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    peak, stack = 0, list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        e = stack.pop()
-        if e.tag == _EventType.Allocation:
-            peak = max(peak, e.extra_fields.total_allocated)
-        stack.extend(e.children)
-    return int(peak)
-
-
+# ----------------------------------------------------------------------------- counting tensors
 def largest_tensor(loss: str, z: torch.Tensor, p: torch.Tensor, graph: Graph, tau: float = 0.5) -> tuple:
     """Shape of the biggest tensor any op outputs in one forward and backward of ``loss`` on fixed
     ``z, p`` (recorded by a dispatch mode, not predicted): ``(n, n)`` for pairwise, linear for pamc."""
@@ -290,7 +258,7 @@ def largest_tensor(loss: str, z: torch.Tensor, p: torch.Tensor, graph: Graph, ta
 @dataclass
 class Record:
     """One training run: ``sec_per_epoch`` (median, one full-batch step), ``infer_s`` (median encoder +
-    head + argmax on all nodes), ``peak_bytes`` (:func:`peak_step_bytes` of one step), ``largest``
+    head + argmax on all nodes), ``peak_bytes`` (:func:`effnb.memory.peak_bytes` of one step), ``largest``
     (:func:`largest_tensor` shape) and clustering quality of ``argmax p`` (NMI, ARI)."""
     loss: str
     n: int
@@ -310,20 +278,6 @@ class Record:
         return asdict(self)
 
 
-@contextmanager
-def _threads(threads):
-    if threads is None:
-        yield
-        return
-    from ..threads import validate_threads
-    before = torch.get_num_threads()
-    torch.set_num_threads(validate_threads(threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _quality(y, labels) -> tuple[float, float]:
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
     return float(normalized_mutual_info_score(y, labels)), float(adjusted_rand_score(y, labels))
@@ -341,7 +295,7 @@ def train(graph: Graph, loss: str = "pamc", epochs: int = 150, seed: int = 0, hi
         raise ValueError(f"epochs must be a whole number of at least 3 (one warm-up, one profiled, the rest "
                          f"timed), got {epochs!r}")
     _check_positive(hidden=hidden, lr=lr, tau=tau, infer_repeats=infer_repeats)
-    with _threads(threads):
+    with torch_threads(threads):
         torch.manual_seed(seed)
         model = Model(graph.x.shape[1], hidden, clusters)
         opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -356,7 +310,7 @@ def train(graph: Graph, loss: str = "pamc", epochs: int = 150, seed: int = 0, hi
             last[0] = float(value.detach())
 
         step()  # epoch 0 warms up (allocations, Adam state): not timed
-        peak = peak_step_bytes(step)  # epoch 1 is the profiled one: not timed either
+        peak = memory.peak_bytes(step)  # epoch 1 is the profiled one: not timed either
         times = []
         for _ in range(epochs - 2):
             t0 = time.perf_counter()

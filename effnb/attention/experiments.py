@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from .. import perf
+from .. import memory, perf
 from . import ops, peers, routing
 from . import reference
 
@@ -81,6 +81,23 @@ def routing_race(sizes, heads: int = 9, head_dim: int = 64, repeats: int = 3, fl
     spec = perf.Benchmark(name=f"causal attention, {heads} heads x {head_dim}", x="tokens", x_values=list(sizes),
                           providers=providers, baseline="sdpa", unit="GFLOP/s", repeats=repeats, warmup=1)
     return spec
+
+
+def routing_memory(sizes, heads: int = 9, head_dim: int = 64, naive_max: int = 4096, iters: int = 2,
+                   seed: int = 0) -> list[dict]:
+    """Peak bytes torch's allocator holds during one call (inputs excluded) of routing attention
+    (routing included), SDPA and the naive formula, per length: the memory half of "n^1.5 vs n^2"."""
+    rows = []
+    for n in sizes:
+        q, k, v = _qkv(heads, n, head_dim, seed)
+        calls = {"routing": lambda: routing.routing_attention(q, k, v, iters=iters, seed=seed),
+                 "sdpa": lambda: peers.sdpa_causal(q, k, v)}
+        if n <= naive_max:
+            calls["naive"] = lambda: peers.naive_causal(q, k, v)
+        for key, fn in calls.items():
+            rows.append({"tokens": n, "provider": key, "peak_bytes": memory.peak_bytes(fn),
+                         "inputs_bytes": 3 * q.nbytes})
+    return rows
 
 
 def loglog_slope(n, seconds) -> float:
