@@ -115,13 +115,22 @@ def test_block_topk_summaries_follow_the_cache():
     m = tiny_lm(2)
     sel = DC.BlockTopK(block=4, keep=0.5)
     ids = torch.randint(0, 97, (1, 31), generator=torch.Generator().manual_seed(5))
-    DC.teacher_forced(m, ids, 10, 20, decode=sel)
-    cache_k = sel._cache.k
+    cache = m.new_cache(1, 32)
+    with torch.inference_mode(), DC.patched(m, decode=sel):
+        m(ids[:, :10], cache)
+        for t in range(10, 30):          # one token at a time: the summaries grow as blocks fill
+            m(ids[:, t:t + 1], cache)
     for layer, (held, full) in sel.summaries.items():
-        assert full == 30 // 4
-        want = reference.block_summaries(cache_k[layer][0], 30, 4)
+        assert full == 30 // 4           # the last step saw 30 tokens: 29 cached and itself
+        want = reference.block_summaries(cache.k[layer][0], 30, 4)
         torch.testing.assert_close(held[:, :full], want)
-    # a new cache starts the summaries again
+    # a new cache starts the summaries again, and they do not keep the old one alive
+    import gc
+    import weakref
+    old = weakref.ref(cache)
+    del cache
+    gc.collect()
+    assert old() is None
     DC.teacher_forced(m, ids, 5, 3, decode=sel)
     assert all(full == 8 // 4 for _, full in sel.summaries.values())
 

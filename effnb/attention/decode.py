@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 
 import numpy as np
 import torch
@@ -103,7 +104,7 @@ class BlockTopK:
                              f"e.g. block=64, keep=1/8, sink=1")
         self.block, self.keep, self.sink = block, keep, sink
         self.summaries: dict[int, tuple[torch.Tensor, int]] = {}
-        self._cache = None
+        self._cache = lambda: None      # a weak reference: summaries must not keep a long cache alive
 
     def topk(self, length: int) -> int:
         """Scored blocks to pick: the budget of ``keep`` of the full blocks, less the sink blocks."""
@@ -126,9 +127,9 @@ class BlockTopK:
         return held
 
     def __call__(self, layer: int, q: torch.Tensor, cache, length: int) -> torch.Tensor:
-        if cache is not self._cache:            # another cache: its blocks are not the ones summarised
+        if cache is not self._cache():          # another cache: its blocks are not the ones summarised
             self.summaries.clear()
-            self._cache = cache
+            self._cache = weakref.ref(cache)
         k, v = cache.k[layer][0], cache.v[layer][0]
         return ops.topk_decode(q.contiguous(), k, v, self.summary(layer, k, length), length,
                                self.block, self.topk(length), self.sink)
