@@ -286,22 +286,18 @@ def test_cluster_kernel_rejects_bad_inputs(mutate, cpp_message, python_message):
         torch.ops.effnb.attention_cluster(*mutate(_cluster_args()), True)
 
 
-@pytest.mark.parametrize("fallback", [False, True])
-@pytest.mark.parametrize("mutate, cpp_message, python_message", BAD_DECODE)
-def test_decode_wrapper_rejects_bad_inputs(mutate, cpp_message, python_message, fallback, monkeypatch):
-    if fallback:
-        monkeypatch.setattr(ops, "available", lambda: False)
-    with pytest.raises(ValueError, match=python_message):
-        ops.topk_decode(*mutate(_decode_args()))
+WRAPPER_CASES = ([(ops.topk_decode, _decode_args, m, p) for m, _, p in BAD_DECODE]
+                 + [(ops.cluster_attention, _cluster_args, m, p) for m, _, p in BAD_CLUSTER])
 
 
 @pytest.mark.parametrize("fallback", [False, True])
-@pytest.mark.parametrize("mutate, cpp_message, python_message", BAD_CLUSTER)
-def test_cluster_wrapper_rejects_bad_inputs(mutate, cpp_message, python_message, fallback, monkeypatch):
+@pytest.mark.parametrize("op, args, mutate, python_message", WRAPPER_CASES)
+def test_wrappers_reject_bad_inputs(op, args, mutate, python_message, fallback, monkeypatch):
+    """Both ops' Python checks run first, with the kernel loaded or not."""
     if fallback:
         monkeypatch.setattr(ops, "available", lambda: False)
     with pytest.raises(ValueError, match=python_message):
-        ops.cluster_attention(*mutate(_cluster_args()))
+        op(*mutate(args()))
 
 
 BAD_ORDER = [  # (the bad order, the message): the kernel checks these in C++, the fallback in Python
