@@ -26,7 +26,7 @@ from . import bench, ext, files, plots, probes, provenance
 from . import threads as _threads
 
 MIB = 1 << 20
-DEFAULT_MIB = 256          # per array: 8x a 32 MiB L3
+DEFAULT_MIB = 256          # per array: 8x a 32 MiB L3 (more where the last-level cache is larger)
 DEFAULT_GEMM_N = 2048      # 17 GFLOP per call: long enough, cache-resident enough to hit the FMA peak
 _SCALE = 3.0              # the triad's scalar
 
@@ -34,6 +34,12 @@ _SCALE = 3.0              # the triad's scalar
 def min_mib() -> int:
     """Smallest array size (MiB) for the probes: one array alone is >= 4x the last-level cache."""
     return math.ceil(bench.COLD_FACTOR * provenance.llc_bytes() / MIB)
+
+
+def default_mib() -> int:
+    """The probes' array size unless told: 256 MiB, or 4x the last-level cache where that is more
+    (a server's L3 as a virtual machine reports it can be hundreds of MiB)."""
+    return max(DEFAULT_MIB, min_mib())
 
 
 def _check_threads(threads):
@@ -85,7 +91,7 @@ def _providers(a: np.ndarray, b: np.ndarray, c: np.ndarray, use_cpp: bool) -> di
     return groups
 
 
-def probe_bandwidth(threads: int | None = None, mib: int = DEFAULT_MIB, repeats: int = 15,
+def probe_bandwidth(threads: int | None = None, mib: int | None = None, repeats: int = 15,
                     progress: bool = True, rounds: int = 3):
     """Measure read, copy and triad bandwidth with every implementation, in one sitting.
 
@@ -101,6 +107,7 @@ def probe_bandwidth(threads: int | None = None, mib: int = DEFAULT_MIB, repeats:
     import pandas as pd
 
     n_threads = _check_threads(threads)
+    mib = default_mib() if mib is None else mib
     if isinstance(mib, bool) or not isinstance(mib, int) or mib < min_mib():
         raise ValueError(f"mib={mib!r}: each probe array must be >= 4x the last-level cache "
                          f"({provenance.llc_bytes() / MIB:.0f} MiB here); pass mib >= {min_mib()}")
@@ -191,9 +198,10 @@ PROBE_TRIES = 3          # probes taken at most in one call while the machine st
 LIMIT_KEYS = ("read_gbps", "copy_gbps", "triad_gbps", "peak_gflops", "gemm_gflops")
 
 
-def cache_path(threads: int | None = None, mib: int = DEFAULT_MIB, repeats: int = 15, rounds: int = 3,
+def cache_path(threads: int | None = None, mib: int | None = None, repeats: int = 15, rounds: int = 3,
                gemm_n: int = DEFAULT_GEMM_N) -> Path:
     """One cache file per machine and probe parameters: other parameters are other probes."""
+    mib = default_mib() if mib is None else mib
     name = f"{provenance.hardware_id()}-t{_check_threads(threads)}-m{mib}-r{repeats}x{rounds}-g{gemm_n}-v2.json"
     return ext.cache_dir() / "roofline" / name
 
@@ -208,12 +216,13 @@ def _records(df) -> list[dict]:
     return json.loads(df.to_json(orient="records"))  # plain JSON types, NaN -> None
 
 
-def probe(threads: int | None = None, mib: int = DEFAULT_MIB, repeats: int = 15, rounds: int = 3,
+def probe(threads: int | None = None, mib: int | None = None, repeats: int = 15, rounds: int = 3,
           gemm_n: int = DEFAULT_GEMM_N, progress: bool = True) -> dict:
     """One full probe of the machine's limits (bandwidth, the FMA roof and the fp32 GEMM), uncached."""
     import pandas as pd
 
     n_threads = _check_threads(threads)
+    mib = default_mib() if mib is None else mib
     t0 = time.perf_counter()
     bw = probe_bandwidth(n_threads, mib=mib, repeats=repeats, progress=progress, rounds=rounds)
     gemm = gemm_frame(gemm_n, n_threads)
@@ -272,7 +281,7 @@ def _keep(taken: list[dict]) -> list[dict]:
     return sorted(keep, key=lambda t: t["measured_at"])
 
 
-def machine(threads: int | None = None, refresh: bool = False, mib: int = DEFAULT_MIB,
+def machine(threads: int | None = None, refresh: bool = False, mib: int | None = None,
             repeats: int = 15, rounds: int = 3, gemm_n: int = DEFAULT_GEMM_N, progress: bool = True,
             min_probes: int = 1) -> dict:
     """The limits of this machine at ``threads`` threads: the best of every probe taken with these parameters.
@@ -288,6 +297,7 @@ def machine(threads: int | None = None, refresh: bool = False, mib: int = DEFAUL
     ``PROBE_TRIES`` probes are taken.
     """
     n_threads = _check_threads(threads)
+    mib = default_mib() if mib is None else mib
     path = cache_path(n_threads, mib, repeats, rounds, gemm_n)
     stored = files.read_json(path) or {}
     taken = [t for t in stored.get("taken", []) if t.get("hardware_id") == provenance.hardware_id()]
@@ -453,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  "Numba, C++, numpy, torch) and fp32 GEMM peak; cached per "
                                                  "hardware id and thread count under $EFFNB_CACHE/roofline/.")
     parser.add_argument("--threads", type=int, default=None, help="threads (default: all usable cores)")
-    parser.add_argument("--mib", type=int, default=DEFAULT_MIB, help="MiB per probe array (default %(default)s)")
+    parser.add_argument("--mib", type=int, default=None,
+                        help=f"MiB per probe array (default {DEFAULT_MIB}, or 4x the last-level cache if larger)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; best kept (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=15, help="samples per probe (default %(default)s)")
     parser.add_argument("--refresh", action="store_true",
