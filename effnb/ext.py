@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -86,9 +87,22 @@ def _headers(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*") if p.suffix in (".h", ".hpp") and p.is_file())
 
 
+_BORROWED = re.compile(r'^\s*#\s*include\s+"\.\./(\w+)/([\w.]+)"', re.M)
+
+
+def borrowed_headers(family: str) -> list[Path]:
+    """Headers another family lends this one (``#include "../<family>/<file>.h"`` in its sources),
+    e.g. the attention family's vector layer: they rebuild the borrower too."""
+    found = {KERNEL_DIR / owner / name for src in sources(family) + _headers(KERNEL_DIR / family)
+             for owner, name in _BORROWED.findall(src.read_text()) if owner not in (family, COMMON)}
+    return sorted(p for p in found if p.is_file())
+
+
 def inputs(family: str) -> list[Path]:
-    """Every file whose change rebuilds the family: its sources and headers, and the common headers."""
-    return sources(family) + _headers(KERNEL_DIR / family) + _headers(KERNEL_DIR / COMMON)
+    """Every file whose change rebuilds the family: its sources and headers, headers it borrows from
+    another family, and the common headers."""
+    return (sources(family) + _headers(KERNEL_DIR / family) + borrowed_headers(family)
+            + _headers(KERNEL_DIR / COMMON))
 
 
 def compiler() -> str | None:

@@ -344,3 +344,10 @@ def test_broken_compiler_means_fallback(fresh, monkeypatch):
     monkeypatch.setenv("CXX", str(fake))
     assert ext.load(FAMILY) is False
     assert "failed" in ext.status(FAMILY)["reason"]
+
+
+def test_a_header_borrowed_from_another_family_rebuilds_the_borrower():
+    """kernels/longcontext includes the attention family's vector layer: a change there must change its key."""
+    names = [p.relative_to(ext.KERNEL_DIR).as_posix() for p in ext.inputs("longcontext")]
+    assert "attention/simd.h" in names and "common/effnb.h" in names
+    assert ext.borrowed_headers("attention") == []

@@ -66,9 +66,7 @@ class AttentionPatch(nn.Module):
         if b != 1 or not (one or whole):
             return self.attn(x, cos, sin, cache, start)
         a, c = self.attn, self.attn.cfg
-        q = lm_model.apply_rope(a.q(x).view(1, t, c.n_heads, c.head_dim).transpose(1, 2), cos, sin)
-        k = lm_model.apply_rope(a.k(x).view(1, t, c.n_kv_heads, c.head_dim).transpose(1, 2), cos, sin)
-        v = a.v(x).view(1, t, c.n_kv_heads, c.head_dim).transpose(1, 2)
+        q, k, v = a.project(x, cos, sin)
         if cache is not None:
             k, v = cache.store(a.layer, k, v, start)
         if one:

@@ -8,12 +8,10 @@ family is loaded and the plain reference of :mod:`effnb.attention.reference` oth
 """
 from __future__ import annotations
 
-import numbers
-
 import torch
 
 from .. import ext
-from ..family import KernelOps
+from ..family import KernelOps, check_cache_heads, check_int, check_tensor
 from . import reference
 
 FAMILY = "attention"
@@ -53,47 +51,22 @@ def backend() -> str:
 
 # ---------------------------------------------------------------- checks (they run on the fallback too)
 
-def _tensor(t, name: str, dtype: torch.dtype, dims: int, shape_hint: str) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype != dtype:
-        cast = "float()" if dtype == torch.float32 else "long()"
-        raise ValueError(f"{name} is {t.dtype}; pass {name}.{cast}")
-    if t.device.type != "cpu":
-        raise ValueError(f"{name} is on {t.device}; pass {name}.cpu()")
-    if t.dim() != dims:
-        raise ValueError(f"{name} is {t.dim()}-D {tuple(t.shape)}; pass {shape_hint}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name} is strided; pass {name}.contiguous()")
-
-
-def _int(x, name: str, low: int, hint: str) -> int:
-    if isinstance(x, bool) or not isinstance(x, numbers.Integral) or x < low:
-        raise ValueError(f"{name} is {x!r}; pass {hint}")
-    return int(x)
-
-
 def _check_decode(q, k, v, summary, length, block, topk, sink=0) -> None:
     """Raise a ValueError that says what to pass; the kernel then never sees a bad input."""
-    _tensor(q, "q", torch.float32, 2, "the new token's query heads as (Hq, d)")
-    _tensor(k, "k", torch.float32, 3, "the key cache as (Hkv, cap, d)")
-    _tensor(v, "v", torch.float32, 3, "the value cache as (Hkv, cap, d)")
-    _tensor(summary, "summary", torch.float32, 3, "(Hkv, nsum, d) block mean keys")
+    check_tensor(q, "q", torch.float32, 2, "the new token's query heads as (Hq, d)")
+    check_tensor(k, "k", torch.float32, 3, "the key cache as (Hkv, cap, d)")
+    check_tensor(v, "v", torch.float32, 3, "the value cache as (Hkv, cap, d)")
+    check_tensor(summary, "summary", torch.float32, 3, "(Hkv, nsum, d) block mean keys")
     hq, d = q.shape
     hkv, cap, dk = k.shape
     if v.shape != k.shape:
         raise ValueError(f"v has shape {tuple(v.shape)}; pass the value cache with k's shape {tuple(k.shape)}")
     if dk != d:
         raise ValueError(f"k has head size {dk} but q has {d}; pass q and k with one d")
-    if hkv < 1 or hq % hkv:
-        raise ValueError(f"Hq = {hq} is not a multiple of Hkv = {hkv}; pass Hq = group * Hkv query heads "
-                         "(query head j uses kv head j // group)")
-    length = _int(length, "length", 1, f"1 <= length <= cap = {cap}")
-    if length > cap:
-        raise ValueError(f"length is {length}; pass 1 <= length <= cap = {cap}")
-    block = _int(block, "block", 1, "a block size >= 1")
-    _int(topk, "topk", 0, "topk >= 0 (0: the tail only)")
-    _int(sink, "sink", 0, "sink >= 0 leading blocks always attended (0: none)")
+    length = check_cache_heads(hq, hkv, length, cap)
+    block = check_int(block, "block", 1, "a block size >= 1")
+    check_int(topk, "topk", 0, "topk >= 0 (0: the tail only)")
+    check_int(sink, "sink", 0, "sink >= 0 leading blocks always attended (0: none)")
     nfull = length // block
     if summary.shape[0] != hkv or summary.shape[2] != d or summary.shape[1] < nfull:
         raise ValueError(f"summary has shape {tuple(summary.shape)}; pass (Hkv, nsum, d) = ({hkv}, >= {nfull}, {d}): "
@@ -101,8 +74,8 @@ def _check_decode(q, k, v, summary, length, block, topk, sink=0) -> None:
 
 
 def _check_clusters(order, offsets, oname: str, fname: str, heads: int, n: int, c1: int, contents: bool) -> None:
-    _tensor(order, oname, torch.int64, 2, f"(H, n) = ({heads}, {n}): each head's token indices, cluster by cluster")
-    _tensor(offsets, fname, torch.int64, 2, "(H, C+1) cluster offsets")
+    check_tensor(order, oname, torch.int64, 2, f"(H, n) = ({heads}, {n}): each head's token indices, cluster by cluster")
+    check_tensor(offsets, fname, torch.int64, 2, "(H, C+1) cluster offsets")
     if tuple(order.shape) != (heads, n):
         raise ValueError(f"{oname} has shape {tuple(order.shape)}; pass (H, n) = ({heads}, {n})")
     if tuple(offsets.shape) != (heads, c1):
@@ -129,7 +102,7 @@ def _check_cluster(q, k, v, q_order, q_offsets, k_order, k_offsets, causal, cont
     """Shapes, dtypes and offsets always; the orders' contents (a permutation, ascending per cluster) only
     when ``contents``: the C++ kernel checks those itself in one pass, cheaper than these torch ops."""
     for name, t in (("q", q), ("k", k), ("v", v)):
-        _tensor(t, name, torch.float32, 3, "(H, n, d)")
+        check_tensor(t, name, torch.float32, 3, "(H, n, d)")
     if k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k, v have shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}; "
                          "pass three (H, n, d) tensors of one shape")

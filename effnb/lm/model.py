@@ -165,13 +165,20 @@ class Attention(nn.Module):
         self.v = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=False)
         self.o = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None, start: int = 0):
+    def project(self, x, cos, sin):
+        """Queries ``(b, n_heads, t, head_dim)``, keys and values ``(b, n_kv_heads, t, head_dim)`` of
+        ``x``, queries and keys rotated: what any replacement of the attention itself starts from."""
         b, t, _ = x.shape
         c = self.cfg
         q = self.q(x).view(b, t, c.n_heads, c.head_dim).transpose(1, 2)
         k = self.k(x).view(b, t, c.n_kv_heads, c.head_dim).transpose(1, 2)
         v = self.v(x).view(b, t, c.n_kv_heads, c.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(self, x, cos, sin, cache: KVCache | None = None, start: int = 0):
+        b, t, _ = x.shape
+        c = self.cfg
+        q, k, v = self.project(x, cos, sin)
         if cache is not None:
             k, v = cache.store(self.layer, k, v, start)
         group = c.n_heads // c.n_kv_heads
