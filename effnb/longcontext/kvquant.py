@@ -9,7 +9,7 @@ byte: channel 2j in byte j's low nibble, 2j+1 in its high nibble. A constant gro
 and codes 0, so it comes back exactly.
 
 Shapes for one layer: x (Hkv, n, d) fp32 -> codes uint8 (Hkv, n, d) (int8) or (Hkv, n, d // 2)
-(int4), scale and min fp32 (Hkv, n, d // group). ``effnb.attention.ops.kv_decode`` attends over
+(int4), scale and min fp32 (Hkv, n, d // group). ``effnb.longcontext.ops.kv_decode`` attends over
 this format without dequantizing it into memory.
 """
 from __future__ import annotations
