@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -84,14 +85,21 @@ def policy_specs(sink: int, window: int, group: int):
 
 
 @torch.inference_mode()
-def _step_time(model, cache, length: int, repeats: int) -> float:
+def _step_time(model, cache, length: int, repeats: int) -> bench.Timing:
     tok = torch.tensor([[1]])
 
     def step():
         with serving(model):
             model(tok, cache, last_only=True)
         cache.truncate(length)
-    return bench.measure(step, warmup=1, repeats=repeats).median
+    return _quiet_measure(step, repeats)
+
+
+def _quiet_measure(fn, repeats: int) -> bench.Timing:
+    """bench.measure without its spread warning: the tables carry the spread as a column."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bench.SpreadWarning)
+        return bench.measure(fn, warmup=1, repeats=repeats)
 
 
 def cache_study(model, ids, lengths, scored: int, smooth, sink: int = 4, window: int = 1024,
@@ -123,9 +131,10 @@ def cache_study(model, ids, lengths, scored: int, smooth, sink: int = 4, window:
             row = {"context": n, "policy": name, "kv_bytes": held, "nll": float(nll.mean()),
                    "ppl": math.exp(float(nll.mean())), "nll_tokens": nll.numpy(),
                    "prefill_s": t_full if name == "full" else (t_hybrid if cache is hybrid else float("nan")),
-                   "step_s": float("nan")}
+                   "step_s": float("nan"), "step_spread": float("nan")}
             if name in ("full", "int8", "int4", "int4 + SmoothAttention") or cache is hybrid:
-                row["step_s"] = _step_time(model, cache, prefix, repeats)
+                t = _step_time(model, cache, prefix, repeats)
+                row["step_s"], row["step_spread"] = t.median, t.spread
             rows.append(row)
         del made, dense, hybrid
     return rows
@@ -170,7 +179,7 @@ def decode_attention_race(cfg, contexts, repeats: int = 5, group: int = 32, seed
             plan[f"effnb int{bits}"] = (f"int{bits}", [fused_step(h, bits) for h in held])
             plan[f"dequantize + SDPA int{bits}"] = (f"int{bits}", [torch_step(h, bits) for h in held])
         for name, (key, fns) in plan.items():
-            t = bench.measure(fns, warmup=1, repeats=repeats)
+            t = _quiet_measure(fns, repeats)
             rows.append({"context": n, "impl": name, "seconds": t.median, "spread": t.spread,
                          "bytes": per_step[key], "working_set": per_step[key] * len(fns)})
         del base, layers, plan
