@@ -5,7 +5,8 @@ compile/JIT time; then warm-up calls; then ``repeats`` samples, each long
 enough to dwarf the timer's resolution; we report the median and the
 interquartile range and warn when the spread is large. In cold mode every call
 reads a different copy of its inputs, rotating through a working set of at
-least 4x the last-level cache, as a real decode pass or a long stream does.
+least 4x the last-level cache, as a real decode pass or a long stream does
+(the cache this machine really holds, measured: :mod:`effnb.cachesize`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from . import provenance
+from . import cachesize, provenance
 
 COLD_FACTOR = 4          # cold working set >= COLD_FACTOR x last-level cache
 SPREAD_WARN = 0.10       # warn when IQR / median exceeds this
@@ -61,10 +62,11 @@ class Timing:
 
 
 def cold_copies(bytes_per_instance: int, llc: int | None = None, factor: int = COLD_FACTOR) -> int:
-    """How many distinct input copies make a working set of ``factor`` x the last-level cache."""
+    """How many distinct input copies make a working set of ``factor`` x the last-level cache
+    (as measured by :func:`effnb.cachesize.llc_bytes`, unless ``llc`` is given)."""
     if bytes_per_instance <= 0:
         raise ValueError("bytes_per_instance must be positive to size a cold working set")
-    llc = provenance.llc_bytes() if llc is None else llc
+    llc = cachesize.llc_bytes() if llc is None else llc
     return max(2, math.ceil(factor * llc / bytes_per_instance))
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bench, ext, files, plots, probes, provenance
+from . import bench, cachesize, ext, files, plots, probes, provenance
 from . import threads as _threads
 
 MIB = 1 << 20
@@ -33,12 +33,12 @@ _SCALE = 3.0              # the triad's scalar
 
 def min_mib() -> int:
     """Smallest array size (MiB) for the probes: one array alone is >= 4x the last-level cache."""
-    return math.ceil(bench.COLD_FACTOR * provenance.llc_bytes() / MIB)
+    return math.ceil(bench.COLD_FACTOR * cachesize.llc_bytes() / MIB)
 
 
 def default_mib() -> int:
-    """The probes' array size unless told: 256 MiB, or 4x the last-level cache where that is more
-    (a server's L3 as a virtual machine reports it can be hundreds of MiB)."""
+    """The probes' array size unless told: 256 MiB, or 4x the cache measured by
+    :func:`effnb.cachesize.llc_bytes` where that is more."""
     return max(DEFAULT_MIB, min_mib())
 
 
@@ -110,7 +110,7 @@ def probe_bandwidth(threads: int | None = None, mib: int | None = None, repeats:
     mib = default_mib() if mib is None else mib
     if isinstance(mib, bool) or not isinstance(mib, int) or mib < min_mib():
         raise ValueError(f"mib={mib!r}: each probe array must be >= 4x the last-level cache "
-                         f"({provenance.llc_bytes() / MIB:.0f} MiB here); pass mib >= {min_mib()}")
+                         f"({cachesize.llc_bytes() / MIB:.0f} MiB here, measured); pass mib >= {min_mib()}")
     if repeats < 3:
         raise ValueError(f"repeats={repeats}: pass repeats >= 3")
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:

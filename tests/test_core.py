@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from effnb import bench, chapter, claims, provenance, threads
+from effnb import bench, cachesize, chapter, claims, provenance, threads
 
 
 # --- bench -----------------------------------------------------------------
@@ -84,7 +84,7 @@ def test_bench_cold_mode_builds_a_large_working_set():
 
     df = bench.bench({"sum": make}, [1 << 20], bytes_moved=lambda n: 4 * n, cold=True, repeats=3,
                      warmup=0, progress=False)
-    assert df.working_set_bytes[0] >= 4 * provenance.llc_bytes()
+    assert df.working_set_bytes[0] >= 4 * cachesize.llc_bytes()
     assert len(built) == bench.cold_copies(4 << 20)
     with pytest.raises(ValueError, match="cold=True needs"):
         bench.bench({"sum": make}, [8], cold=True, progress=False)

@@ -507,8 +507,8 @@ LIMITS = {"read_gbps": 20.0, "peak_gflops": 100.0}
 @pytest.fixture
 def small_llc(monkeypatch):
     """A tiny last-level cache: cold benchmarks of tiny weights then rotate through a few copies, not thousands."""
-    from effnb import provenance
-    monkeypatch.setattr(provenance, "llc_bytes", lambda: 1 << 16)
+    from effnb import cachesize
+    monkeypatch.setattr(cachesize, "llc_bytes", lambda: 1 << 16)
 
 
 def _as_rows(y, n):
