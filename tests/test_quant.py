@@ -138,8 +138,21 @@ def test_w4a8_register_tiles(quant_ops, scheme, m):
     3-token tile (N = 37 leaves a last row alone, M % 3 leaves single tokens), M = 7 one row at a
     time; groups of whole 64-blocks flush every 4 blocks (g512), groups of an odd number of
     32-chunks walk chunk by chunk (g32, g96) and flush mid-group after 8 chunks (g288); asymmetric
-    zeros exercise the correction per row of the tile."""
+    zeros exercise the correction per row of the tile. On AVX-512 VNNI builds the groups of whole
+    64-blocks run the 512-bit kernel instead (4 rows x 4 tokens, a pair, single tokens; 8 rows at
+    M = 1); the AVX2 and emulated-VNNI reruns keep the 256-bit tile under test."""
     kernel_vs_reference(m, 37, 333, m, lambda w: Q.quantize(w, scheme), Q.linear, Q.linear_ref)
+
+
+@pytest.mark.parametrize("scheme", ["w4a8-g64", "w4a8-g128-asym", "w4a8-g256", "w4a8-g1024-asym"])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 9])
+def test_w4a8_small_batches_and_long_groups(quant_ops, scheme, m):
+    """With AVX-512 VNNI the groups of whole 64-blocks run the 512-bit kernel: rows in blocks of 8
+    folded four at a time at M = 1 (N = 37 leaves five rows alone), 4-token tiles folded into one
+    vector per row from M = 2, with a pair and a single token after them (M = 2, 3, 6, 9); g1024
+    sums 16 blocks per group in int32 lanes (K = 2100: the last group is mostly padding). Other
+    builds run it as a check."""
+    kernel_vs_reference(m, 37, 2100, m, lambda w: Q.quantize(w, scheme), Q.linear, Q.linear_ref)
 
 
 @pytest.mark.parametrize("k", [333, 4096 + 32, 64])
@@ -444,7 +457,7 @@ def test_backend_is_decided_once(monkeypatch):
 
 KERNEL_TESTS = ["test_the_path_under_test", "test_linear_matches_reference", "test_linear_awkward_and_batched",
                 "test_low_bit_kernels_match_reference", "test_low_bit_awkward_shapes", "test_low_bit_saturated",
-                "test_low_bit_ops_reject_wrong_tensors", "test_binary_popcount_path", "test_w8a8_tiles", "test_int8_peak_probe_computes_its_sums", "test_w4a8_register_tiles", "test_dgq_register_tiles", "test_dgq_kernel_matches_reference",
+                "test_low_bit_ops_reject_wrong_tensors", "test_binary_popcount_path", "test_w8a8_tiles", "test_int8_peak_probe_computes_its_sums", "test_w4a8_register_tiles", "test_w4a8_small_batches_and_long_groups", "test_dgq_register_tiles", "test_dgq_kernel_matches_reference",
                 "test_dgq_kernel_batched_and_bad_inputs", "test_cpp_op_rejects_wrong_tensors", "test_opcheck"]
 
 

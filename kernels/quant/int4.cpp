@@ -26,6 +26,10 @@ struct Int4Args {
   const float* xs;
   const int32_t* xsum;
   const float* xc;  // xs * xsum per token and group: the zero-point correction
+  // xs and xc transposed, [ng][m] (the 512-bit kernel's 4-token tiles load them as one vector)
+  const float* xs_t;
+  const float* xc_t;
+  int64_t m;
 };
 
 template <int MT>
@@ -191,6 +195,198 @@ struct Int4A8 {
 };
 #endif
 
+#if EFFNB_Q4_ZMM
+// ---------------------------------------------------------------- W4A8 with 512-bit registers
+//
+// A 64-weight block is 32 bytes, low nibbles = weights 0..31, high nibbles = weights 32..63,
+// and its activations are 64 contiguous bytes: the 32 bytes broadcast to both halves of a
+// zmm and masked with 0x0F (low half) and 0xF0 (high half) give the 64 codes in order, the
+// high ones times 16, so one vpdpbusd per block, row and token does what two 256-bit ones do
+// (and no shift: the 16 comes out at the end, a power of two, exact in fp32; EFFNB_Q4Z_SHIFT=1
+// shifts instead). The int32 lanes are flushed once per group (no int16 here: far from
+// overflow) into fp32 accumulators, scaled by s_w * s_a; integer sums below 2^24 convert
+// exactly, true for every group up to G = 2048 (G / 16 products of 240 * 127 per lane, four
+// lanes folded); the zero point as in int4_a8_block. A 4-token tile folds its four sums of a
+// row into one vector (unpack + add) before the flush: one convert and one fma per row and
+// group instead of four; one token folds four rows the same way. The rows' fp16 scales are
+// converted once per block of rows (int4_a8_zmm_rows), not once per token tile.
+// Groups of whole 64-blocks only; other groups run int4_a8_block.
+
+// sws: the rows' weight scales as fp32, per group g: sws[2Rg + r] = s_w, sws[2Rg + R + r] = s_w * zero
+template <int R, int T>
+void int4_a8_block_zmm(const Int4Args& A, int64_t row0, int64_t i0, float* py, int64_t n, const float* sws) {
+  static_assert(T == 1 || T == 2 || T == 4, "the 512-bit W4A8 tile takes 1, 2 or 4 tokens");
+  // T = 4: the four tokens' sums of a row are folded into one vector (lane 4j + t: token t)
+  constexpr bool fold = T == 4;
+  // T = 1 (R a multiple of 4): the same fold across four rows (lane 4j + r: row r)
+  constexpr bool rfold = T == 1 && R % 4 == 0;
+  constexpr int NA = fold ? 1 : T;
+  constexpr int NQ = rfold ? R / 4 : 1;
+  [[maybe_unused]] __m512 accq[NQ];
+  [[maybe_unused]] __m128 corrq[NQ];
+  for (int q = 0; q < NQ; ++q) accq[q] = _mm512_setzero_ps(), corrq[q] = _mm_setzero_ps();
+  const auto fold4 = [](__m512i s0, __m512i s1, __m512i s2, __m512i s3) __attribute__((always_inline)) {
+    const __m512i p01 = _mm512_add_epi32(_mm512_unpacklo_epi32(s0, s1), _mm512_unpackhi_epi32(s0, s1));
+    const __m512i p23 = _mm512_add_epi32(_mm512_unpacklo_epi32(s2, s3), _mm512_unpackhi_epi32(s2, s3));
+    return _mm512_add_epi32(_mm512_unpacklo_epi64(p01, p23), _mm512_unpackhi_epi64(p01, p23));
+  };
+  const int64_t bpg = A.group / 64, nblocks = A.kp / 64;
+#if EFFNB_Q4Z_SHIFT
+  const __m512i mask = _mm512_set1_epi8(0x0F);
+#else
+  // low half 0x0F (weights 0..31), high half 0xF0 (weights 32..63, times 16)
+  const __m512i mask = _mm512_inserti64x4(_mm512_set1_epi8(0x0F), _mm256_set1_epi8(static_cast<char>(0xF0)), 1);
+#endif
+  const uint8_t* w[R];
+  const int8_t* a[T];
+  for (int r = 0; r < R; ++r) w[r] = A.w + (row0 + r) * (A.kp / 2);
+  for (int t = 0; t < T; ++t) a[t] = A.xq + (i0 + t) * A.kp;
+  __m512 acc[R][NA];
+  float corr[R][T];
+  [[maybe_unused]] __m128 corr4[R];
+  for (int r = 0; r < R; ++r) corr4[r] = _mm_setzero_ps();
+  __m512i s32[R][T];
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < NA; ++t) acc[r][t] = _mm512_setzero_ps();
+    for (int t = 0; t < T; ++t) corr[r][t] = 0.0f, s32[r][t] = _mm512_setzero_si512();
+  }
+  int64_t g = 0, in_group = 0;
+  for (int64_t b = 0; b < nblocks; ++b) {
+#if EFFNB_Q4Z_PF > 0
+    // one token: the rows stream from memory (or L3); ask for them a little ahead, a line a row
+    if constexpr (T == 1) {
+      if ((b & 1) == 0)
+        for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(w[r] + 32 * b + EFFNB_Q4Z_PF), _MM_HINT_T0);
+    }
+#endif
+    __m512i u[R];
+    for (int r = 0; r < R; ++r) {
+      const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + 32 * b)));
+#if EFFNB_Q4Z_SHIFT
+      u[r] = _mm512_and_si512(_mm512_mask_srli_epi16(v, 0xFFFF0000u, v, 4), mask);
+#else
+      u[r] = _mm512_and_si512(v, mask);
+#endif
+    }
+    for (int t = 0; t < T; ++t) {
+      const __m512i x = _mm512_loadu_si512(a[t] + 64 * b);
+      for (int r = 0; r < R; ++r) s32[r][t] = _mm512_dpbusd_epi32(s32[r][t], u[r], x);
+    }
+    if (++in_group < bpg) continue;
+    // end of group g: int32 sums -> fp32, scaled by s_w * s_a; the zero-point term
+    in_group = 0;
+    if constexpr (rfold) {
+      const __m512 xsb = _mm512_set1_ps(A.xs[i0 * A.ng + g]);
+      const __m128 xcb = _mm_set1_ps(A.xc[i0 * A.ng + g]);
+      for (int q = 0; q < NQ; ++q) {
+        const __m512i f = fold4(s32[4 * q][0], s32[4 * q + 1][0], s32[4 * q + 2][0], s32[4 * q + 3][0]);
+        const __m512 swv = _mm512_broadcast_f32x4(_mm_loadu_ps(sws + 2 * R * g + 4 * q));
+        accq[q] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(f), _mm512_mul_ps(swv, xsb), accq[q]);
+        corrq[q] = _mm_fmadd_ps(_mm_loadu_ps(sws + 2 * R * g + R + 4 * q), xcb, corrq[q]);
+      }
+      for (int r = 0; r < R; ++r) s32[r][0] = _mm512_setzero_si512();
+      ++g;
+      continue;
+    }
+    float xs[T];
+    [[maybe_unused]] __m512 xsv;
+    [[maybe_unused]] __m128 xcv;
+    if constexpr (fold) {
+      xsv = _mm512_broadcast_f32x4(_mm_loadu_ps(A.xs_t + g * A.m + i0));
+      xcv = _mm_loadu_ps(A.xc_t + g * A.m + i0);
+    } else {
+      for (int t = 0; t < T; ++t) xs[t] = A.xs[(i0 + t) * A.ng + g];
+    }
+    for (int r = 0; r < R; ++r) {
+      const float sw = sws[2 * R * g + r], swz = sws[2 * R * g + R + r];
+      if constexpr (fold) {
+        const __m512i q = fold4(s32[r][0], s32[r][1], s32[r][2], s32[r][3]);
+        acc[r][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), _mm512_mul_ps(xsv, _mm512_set1_ps(sw)), acc[r][0]);
+        corr4[r] = _mm_fmadd_ps(_mm_set1_ps(swz), xcv, corr4[r]);
+      } else {
+        for (int t = 0; t < T; ++t) {
+          acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s32[r][t]), _mm512_set1_ps(sw * xs[t]), acc[r][t]);
+          corr[r][t] += swz * A.xc[(i0 + t) * A.ng + g];
+        }
+      }
+      for (int t = 0; t < T; ++t) s32[r][t] = _mm512_setzero_si512();
+    }
+    ++g;
+  }
+#if EFFNB_Q4Z_SHIFT
+  const __m512 unscale = _mm512_set1_ps(1.0f);
+#else
+  // the high half summed 16 u * a: exact to take out in fp32 (a power of two)
+  const __m512 unscale = _mm512_castpd_ps(
+      _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(_mm256_set1_ps(1.0f))),
+                         _mm256_castps_pd(_mm256_set1_ps(1.0f / 16.0f)), 1));
+#endif
+  // lanes 4j + c of a folded vector belong to token (or row) c
+  const auto unfold4 = [&](__m512 v) __attribute__((always_inline)) {
+    v = _mm512_mul_ps(v, unscale);
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  };
+  if constexpr (rfold) {
+    for (int q = 0; q < NQ; ++q) {
+      alignas(16) float rows[4];
+      _mm_store_ps(rows, _mm_sub_ps(unfold4(accq[q]), corrq[q]));
+      for (int r = 0; r < 4; ++r) py[i0 * n + row0 + 4 * q + r] = rows[r];
+    }
+    return;
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int t = 0; t < NA; ++t) acc[r][t] = _mm512_mul_ps(acc[r][t], unscale);
+    if constexpr (fold) {
+      // lanes t, t + 4, t + 8, t + 12 belong to token t
+      const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(acc[r][0]),
+                                     _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[r][0]), 1)));
+      const __m128 q = _mm_sub_ps(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)), corr4[r]);
+      alignas(16) float tok[4];
+      _mm_store_ps(tok, q);
+      for (int t = 0; t < T; ++t) py[(i0 + t) * n + row0 + r] = tok[t];
+    } else {
+      for (int t = 0; t < T; ++t) py[(i0 + t) * n + row0 + r] = _mm512_reduce_add_ps(acc[r][t]) - corr[r][t];
+    }
+  }
+}
+
+// Threads over blocks of R rows (the last n % R one at a time); per block the rows' scales are
+// converted once into a per-thread buffer, then every token tile of T (a pair, single tokens
+// after them) runs against the block.
+template <int R, int T>
+void int4_a8_zmm_rows(const Int4Args& A, int64_t m, int64_t n, float* py) {
+  const int64_t nblocks = (n + R - 1) / R;
+#pragma omp parallel
+  {
+    std::vector<float> sws(2 * R * A.ng);
+    auto rows = [&](auto rr, int64_t row0) __attribute__((always_inline)) {
+      constexpr int RR = decltype(rr)::value;
+      for (int64_t g = 0; g < A.ng; ++g)
+        for (int r = 0; r < RR; ++r) {
+          const float sw = half_to_float(A.scales[(row0 + r) * A.ng + g]);
+          sws[2 * RR * g + r] = sw;
+          sws[2 * RR * g + RR + r] = sw * (A.zeros ? static_cast<float>(A.zeros[(row0 + r) * A.ng + g]) : 8.0f);
+        }
+      int64_t i0 = 0;
+      for (; i0 + T <= m; i0 += T) int4_a8_block_zmm<RR, T>(A, row0, i0, py, n, sws.data());
+      if constexpr (T > 2) {
+        if (m - i0 >= 2) int4_a8_block_zmm<RR, 2>(A, row0, i0, py, n, sws.data()), i0 += 2;
+      }
+      for (; i0 < m; ++i0) int4_a8_block_zmm<RR, 1>(A, row0, i0, py, n, sws.data());
+    };
+#pragma omp for schedule(dynamic, EFFNB_Q4Z_CHUNK)
+    for (int64_t b = 0; b < nblocks; ++b) {
+      const int64_t row0 = b * R;
+      if (n - row0 >= R)
+        rows(std::integral_constant<int, R>{}, row0);
+      else
+        for (int64_t row = row0; row < n; ++row) rows(std::integral_constant<int, 1>{}, row);
+    }
+  }
+}
+#endif
+
 }  // namespace
 
 // ---------------------------------------------------------------- int4 weights
@@ -235,8 +431,26 @@ at::Tensor quant_w4_linear(const at::Tensor& x, const at::Tensor& packed, const 
   float* py = y.data_ptr<float>();
   std::vector<float> xc(a8 ? m * ng : 0);
   for (size_t j = 0; j < xc.size(); ++j) xc[j] = act.xs[j] * static_cast<float>(act.xsum[j]);
+  std::vector<float> xs_t, xc_t;
+#if EFFNB_Q4_ZMM
+  if (a8 && group % 64 == 0 && m >= EFFNB_Q4Z_MMIN) {
+    xs_t.resize(m * ng);
+    xc_t.resize(m * ng);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t g = 0; g < ng; ++g) xs_t[g * m + i] = act.xs[i * ng + g], xc_t[g * m + i] = xc[i * ng + g];
+  }
+#endif
   const Int4Args args{pw, psc, pz, kp, ng, group, xp.data(), xsumf.data(), act.xq.data(), act.xs.data(),
-                      act.xsum.data(), xc.data()};
+                      act.xsum.data(), xc.data(), xs_t.data(), xc_t.data(), m};
+#if EFFNB_Q4_ZMM
+  if (a8 && group % 64 == 0) {
+    if (m >= EFFNB_Q4Z_MMIN)
+      int4_a8_zmm_rows<EFFNB_Q4Z_R, EFFNB_Q4Z_T>(args, m, n, py);
+    else
+      int4_a8_zmm_rows<EFFNB_Q4Z_R1, 1>(args, m, n, py);
+    return y;
+  }
+#endif
 #if defined(EFFNB_QAVX2)
   if (a8) {
     if (m >= EFFNB_Q4_RMIN)

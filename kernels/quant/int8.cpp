@@ -80,10 +80,11 @@ void int8_tile(const Int8Args& A, int64_t row, int64_t i0, bool a8, float* py, i
 // takes the 128 back out: no per-token sign trick, no int16 stage. Each activation
 // load serves R rows, each weight load T tokens. Below T tokens the weights stream
 // from memory and rows are walked one after another (interleaved rows read cold at
-// under half the speed of one row here). 256-bit registers on purpose: on
-// the AMD Zen 4 of chapter 02 a 512-bit vpdpbusd had half the throughput of two
-// 256-bit ones in our development runs (quant_peak_int8 measures the 256-bit step). With AVX-512VL there
-// are 32 of them (4 x 4 tile: 16 accumulators; 4 x 6 spilled under GCC 12); AVX2
+// under half the speed of one row here). The step is 32 bytes (256-bit registers) or,
+// with EFFNB_Q8_ZMM, 64: on the AMD Zen 4 of chapter 02 a 512-bit vpdpbusd had half the
+// throughput of two 256-bit ones in our development runs, on the Intel Xeon the same rate
+// as one (W8A8 at M = 64 then ran ~1.3x faster); -DEFFNB_Q8_ZMM=0 keeps 32 bytes. With AVX-512VL there
+// are 32 registers (4 x 4 tile: 16 accumulators; 4 x 6 spilled under GCC 12); AVX2
 // has 16 (2 x 4). The K loop is unrolled 4 times: without it GCC copies every
 // accumulator between registers once per step, which halved the speed here.
 #if defined(__AVX512VL__)
@@ -98,26 +99,68 @@ constexpr int kW8R = 2, kW8T = 4;
 // L2 fast enough, and each block costs its partial sums' stores and loads.
 constexpr int64_t kW8KB = 4096;
 
+// The vector a step works on: 32 bytes (every VNNI build) or 64 (EFFNB_Q8_ZMM: AVX-512 VNNI, where
+// one 512-bit vpdpbusd ran at the rate of a 256-bit one on the Intel Xeon of chapter 02, so twice the
+// bytes per instruction). K is a multiple of 32, so a 64-byte walk may end with half a vector.
+struct Ymm {
+  using V = __m256i;
+  static constexpr int64_t kBytes = 32;
+  static V zero() { return _mm256_setzero_si256(); }
+  static V load(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static V load_half(const int8_t* p) { return load(p); }  // never called: a 32-byte walk has no half step
+  static V flip(V v) { return _mm256_xor_si256(v, _mm256_set1_epi8(static_cast<char>(0x80))); }
+  static V dot(V acc, V u, V s) { return EFFNB_DPBUSD(acc, u, s); }
+  static int32_t sum(V v) { return hsum_i32(v); }
+};
+#ifndef EFFNB_Q8_ZMM
+#define EFFNB_Q8_ZMM EFFNB_Q4_ZMM
+#endif
+#if EFFNB_Q8_ZMM
+struct Zmm {
+  using V = __m512i;
+  static constexpr int64_t kBytes = 64;
+  static V zero() { return _mm512_setzero_si512(); }
+  static V load(const int8_t* p) { return _mm512_loadu_si512(p); }
+  // the last 32 bytes of K, upper half zero: a zero weight flips to 128, times a zero activation
+  static V load_half(const int8_t* p) {
+    return _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static V flip(V v) { return _mm512_xor_si512(v, _mm512_set1_epi8(static_cast<char>(0x80))); }
+  static V dot(V acc, V u, V s) { return _mm512_dpbusd_epi32(acc, u, s); }
+  static int32_t sum(V v) { return _mm512_reduce_add_epi32(v); }
+};
+using W8Lane = Zmm;
+#else
+using W8Lane = Ymm;
+#endif
+using W8Vec = W8Lane::V;
+
+// one step of K at byte k: R weight vectors (sign bit flipped) against T tokens' activations
+template <class L, int R, int T, bool HALF>
+inline __attribute__((always_inline)) void w8a8_step(const int8_t* w0, const int8_t* x0, int64_t kp, int64_t k,
+                                                     typename L::V (&acc)[R][T]) {
+  typename L::V w[R];
+  for (int r = 0; r < R; ++r) w[r] = L::flip(HALF ? L::load_half(w0 + r * kp + k) : L::load(w0 + r * kp + k));
+  for (int t = 0; t < T; ++t) {
+    const typename L::V a = HALF ? L::load_half(x0 + t * kp + k) : L::load(x0 + t * kp + k);
+    for (int r = 0; r < R; ++r) acc[r][t] = L::dot(acc[r][t], w[r], a);
+  }
+}
+
 template <int R, int T>
 void w8a8_tile(const Int8Args& A, const int32_t* xsum, int64_t row0, int64_t i0, int64_t k0, int64_t k1,
-               __m256i* part, float* py, int64_t n) {
-  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
-  __m256i acc[R][T];
+               W8Vec* part, float* py, int64_t n) {
+  using L = W8Lane;
+  W8Vec acc[R][T];
   for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) acc[r][t] = k0 == 0 ? _mm256_setzero_si256() : part[r * T + t];
+    for (int t = 0; t < T; ++t) acc[r][t] = k0 == 0 ? L::zero() : part[r * T + t];
   const int64_t kp = A.kp;
   const int8_t* w0 = A.w + row0 * kp;
   const int8_t* x0 = A.xq + i0 * kp;
+  const int64_t kfull = k0 + (k1 - k0) / L::kBytes * L::kBytes;
 #pragma GCC unroll 4
-  for (int64_t k = k0; k < k1; k += 32) {
-    __m256i w[R];
-    for (int r = 0; r < R; ++r)
-      w[r] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + r * kp + k)), flip);
-    for (int t = 0; t < T; ++t) {
-      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0 + t * kp + k));
-      for (int r = 0; r < R; ++r) acc[r][t] = EFFNB_DPBUSD(acc[r][t], w[r], a);
-    }
-  }
+  for (int64_t k = k0; k < kfull; k += L::kBytes) w8a8_step<L, R, T, false>(w0, x0, kp, k, acc);
+  if (kfull < k1) w8a8_step<L, R, T, true>(w0, x0, kp, kfull, acc);
   if (k1 < kp) {
     for (int r = 0; r < R; ++r)
       for (int t = 0; t < T; ++t) part[r * T + t] = acc[r][t];
@@ -126,7 +169,7 @@ void w8a8_tile(const Int8Args& A, const int32_t* xsum, int64_t row0, int64_t i0,
   for (int r = 0; r < R; ++r) {
     const float sw = A.scales[row0 + r];
     for (int t = 0; t < T; ++t) {
-      const int32_t dot = hsum_i32(acc[r][t]) - 128 * xsum[i0 + t];
+      const int32_t dot = L::sum(acc[r][t]) - 128 * xsum[i0 + t];
       py[(i0 + t) * n + row0 + r] = sw * A.xs[i0 + t] * static_cast<float>(dot);
     }
   }
@@ -136,7 +179,7 @@ void w8a8_tile(const Int8Args& A, const int32_t* xsum, int64_t row0, int64_t i0,
 // as one smaller tile; a tile starting at token i keeps its partial sums at part + i * R
 template <int R, int T = kW8T>
 void w8a8_rows(const Int8Args& A, const int32_t* xsum, int64_t row0, int64_t i0, int64_t m, int64_t k0,
-               int64_t k1, __m256i* part, float* py, int64_t n) {
+               int64_t k1, W8Vec* part, float* py, int64_t n) {
   for (; i0 + T <= m; i0 += T) w8a8_tile<R, T>(A, xsum, row0, i0, k0, k1, part + i0 * R, py, n);
   if constexpr (T > 1) {
     if (m > i0) w8a8_rows<R, T - 1>(A, xsum, row0, i0, m, k0, k1, part, py, n);
@@ -149,7 +192,7 @@ void w8a8_blocks(const Int8Args& A, const int32_t* xsum, int64_t m, int64_t n, f
   if (m < kW8T) {  // few tokens: the weights stream from memory, and one row after another streams fastest
 #pragma omp parallel
     {
-      std::vector<__m256i> part(static_cast<size_t>(m));
+      std::vector<W8Vec> part(static_cast<size_t>(m));
 #pragma omp for schedule(dynamic, 32)
       for (int64_t row = 0; row < n; ++row)
         for (int64_t k0 = 0; k0 < A.kp; k0 += kW8KB)
@@ -160,7 +203,7 @@ void w8a8_blocks(const Int8Args& A, const int32_t* xsum, int64_t m, int64_t n, f
   const int64_t nblocks = (n + kW8R - 1) / kW8R;
 #pragma omp parallel
   {
-    std::vector<__m256i> part(static_cast<size_t>(m * kW8R));
+    std::vector<W8Vec> part(static_cast<size_t>(m * kW8R));
 #pragma omp for schedule(dynamic, 8)
     for (int64_t b = 0; b < nblocks; ++b) {
       const int64_t row0 = b * kW8R;

@@ -23,9 +23,9 @@
 // (2 bytes per nonzero saved: at 90% sparsity the index is most of the traffic).
 // Threads: OpenMP over blocks of rows (torch.set_num_threads sets their number).
 // The hot loops have an AVX2+FMA path (also taken
-// by AVX-512 builds, which define __AVX2__) and a plain C++ path for any other
-// CPU, chosen at compile time from the build's -march level, so no CPU meets an
-// instruction it lacks.
+// by AVX-512 builds, which define __AVX2__; there the CSR SpMM strips use 16-float
+// vectors) and a plain C++ path for any other CPU, chosen at compile time from the
+// build's -march level, so no CPU meets an instruction it lacks.
 
 #include "effnb.h"
 
@@ -135,6 +135,40 @@ inline void csr_strip(int32_t p0, int32_t p1, const I* col, const float* val, co
   if constexpr (TAIL) _mm256_maskstore_ps(c + 8 * NV, mask, out[NV]);
 }
 
+#if defined(__AVX512F__)
+#define EFFNB_SPARSE_AVX512 1
+// csr_strip with 16-float vectors (AVX-512 builds): a strip of up to 32 columns is V = 1 or 2
+// vectors, masks m0 and m1 say which of their columns exist. Per nonzero, half the loads and FMAs
+// of the 8-float version; the strip of B comes from L1/L2, so loads, not memory, set its pace.
+template <int V, typename I>
+inline void csr_strip16(int32_t p0, int32_t p1, const I* col, const float* val, const float* B, int64_t P,
+                        float* c, __mmask16 m0, __mmask16 m1) {
+  static_assert(V == 1 || V == 2, "a strip is 1 or 2 vectors of 16 columns");
+  const __m512 z = _mm512_setzero_ps();
+  __m512 a0 = z, a1 = z, b0 = z, b1 = z;
+  int32_t p = p0;
+  for (; p + 2 <= p1; p += 2) {
+    const __m512 w = _mm512_set1_ps(val[p]), u = _mm512_set1_ps(val[p + 1]);
+    const float* r = B + colof(col, p) * P;
+    const float* q = B + colof(col, p + 1) * P;
+    a0 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m0, r), a0);
+    b0 = _mm512_fmadd_ps(u, _mm512_maskz_loadu_ps(m0, q), b0);
+    if constexpr (V > 1) {
+      a1 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m1, r + 16), a1);
+      b1 = _mm512_fmadd_ps(u, _mm512_maskz_loadu_ps(m1, q + 16), b1);
+    }
+  }
+  if (p < p1) {
+    const __m512 w = _mm512_set1_ps(val[p]);
+    const float* r = B + colof(col, p) * P;
+    a0 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m0, r), a0);
+    if constexpr (V > 1) a1 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m1, r + 16), a1);
+  }
+  _mm512_mask_storeu_ps(c, m0, _mm512_add_ps(a0, b0));
+  if constexpr (V > 1) _mm512_mask_storeu_ps(c + 16, m1, _mm512_add_ps(a1, b1));
+}
+#endif
+
 // Named accumulators for the same reason as csr_strip (an array of them was stored
 // back to the stack after every stored column).
 template <int NV, bool TAIL, bool kDense, typename I>
@@ -185,7 +219,14 @@ constexpr int64_t kSmallP = 64;
 template <typename I>
 void csr_row_strip(const int32_t* ptr, const I* col, const float* val, const float* B, float* C,
                    int64_t P, int64_t n, int64_t j, int64_t w_) {
-#ifdef EFFNB_SPARSE_AVX2
+#if defined(EFFNB_SPARSE_AVX512)
+  const auto lanes = [](int64_t k) { return static_cast<__mmask16>(k >= 16 ? 0xFFFF : (1u << k) - 1); };
+  const int32_t q0 = ptr[n], q1 = ptr[n + 1];
+  if (w_ > 16)
+    csr_strip16<2>(q0, q1, col, val, B + j, P, C + n * P + j, lanes(16), lanes(w_ - 16));
+  else
+    csr_strip16<1>(q0, q1, col, val, B + j, P, C + n * P + j, lanes(w_), 0);
+#elif defined(EFFNB_SPARSE_AVX2)
   const int nv = static_cast<int>(w_ / 8);
   const int64_t r = w_ % 8;
   const __m256i mask = tail_mask(r);
@@ -654,7 +695,9 @@ at::Tensor dense4_spmv(const at::Tensor& W4, const at::Tensor& x, int64_t N) {
 
 }  // namespace
 
-#ifdef EFFNB_SPARSE_AVX2
+#if defined(EFFNB_SPARSE_AVX512)
+EFFNB_ISA_PATH("avx512")  // the SpMM strips; every other loop runs its AVX2 form
+#elif defined(EFFNB_SPARSE_AVX2)
 EFFNB_ISA_PATH("avx2")
 #else
 EFFNB_ISA_PATH("scalar")
