@@ -197,6 +197,7 @@ def test_decode_split_rows_and_filled_cache():
     rows = DC.decode_split(m, [8, 32], repeats=3)
     assert [r["context"] for r in rows] == [8, 32]
     assert all(r["step_s"] > 0 and r["attention_s"] > 0 for r in rows)
+    assert all(r["step_spread"] >= 0 and r["attention_spread"] >= 0 for r in rows)  # the spread travels with the row
     assert rows[1]["kv_bytes"] == 4 * rows[0]["kv_bytes"]
     with pytest.raises(ValueError, match="at least one token"):
         DC.filled_cache(m, 0)

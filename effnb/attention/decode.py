@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 import weakref
 
 import numpy as np
@@ -189,10 +190,13 @@ def decode_split(model, lengths, repeats: int = 5, seed: int = 0, decode=full_de
             for layer in range(model.cfg.n_layers):
                 decode(layer, q, cache, n + 1)
 
-        t_step = bench.measure(step, warmup=1, repeats=repeats).median
-        t_attn = bench.measure(attend, warmup=1, repeats=repeats).median
-        rows.append({"context": n, "step_s": t_step, "attention_s": t_attn, "rest_s": t_step - t_attn,
-                     "weight_bytes": wbytes, "kv_bytes": per_tok * n})
+        with warnings.catch_warnings():  # the spread goes into the row, not onto stderr
+            warnings.simplefilter("ignore", bench.SpreadWarning)
+            t_step = bench.measure(step, warmup=1, repeats=repeats)
+            t_attn = bench.measure(attend, warmup=1, repeats=repeats)
+        rows.append({"context": n, "step_s": t_step.median, "attention_s": t_attn.median,
+                     "rest_s": t_step.median - t_attn.median, "weight_bytes": wbytes, "kv_bytes": per_tok * n,
+                     "step_spread": t_step.spread, "attention_spread": t_attn.spread})
         del cache
     return rows
 
