@@ -10,6 +10,9 @@ LAB_STAMP := $(VENV)/.lab-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PRESET ?= full
 JOBS   ?=
 JB_FLAGS := -W -n --keep-going
+# torch's tensors over 2 MiB on huge pages, as numpy's arrays already are (effnb.memory.huge_pages);
+# THP_MEM_ALLOC_ENABLE=0 make book measures with 4 KiB pages instead.
+export THP_MEM_ALLOC_ENABLE ?= 1
 
 .PHONY: setup ext test book book-html lab run clean help
 help:  ## list the targets

@@ -15,7 +15,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import threads
+from . import memory, threads
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -207,6 +207,7 @@ def collect(parameters: dict | None = None, seeds: dict | None = None) -> dict:
         "fingerprint": fingerprint(),
         "versions": versions(),
         "threads": threads.current_threads(),
+        "huge_pages": memory.huge_pages(),
         "seeds": seeds or {},
         "git": git_state(),
         "parameters": parameters or {},

@@ -136,6 +136,24 @@ def test_fingerprint_and_collect_are_json():
     assert fp["cores"] >= 1 and fp["isa_level"] in ("avx512vnni", "avx512", "avx2", "neon", "generic")
     assert set(rec["versions"]) >= {"python", "torch", "numpy"}
     assert set(rec["git"]) == {"commit", "dirty"}
+    assert rec["huge_pages"]["policy"] in ("always", "madvise", "never", "unknown")
+
+
+@pytest.mark.parametrize("setting", ["1", "0"])
+def test_huge_pages_follow_the_variable_torch_reads(setting):
+    """effnb sets THP_MEM_ALLOC_ENABLE only by default; huge_pages() reports what a real tensor got."""
+    import os
+    import subprocess
+    import sys
+    code = "import effnb, json; from effnb import memory; print(json.dumps(memory.huge_pages()))"
+    env = {**os.environ, "THP_MEM_ALLOC_ENABLE": setting}
+    out = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                    check=True).stdout)
+    assert out["THP_MEM_ALLOC_ENABLE"] == setting
+    if out["policy"] == "never":
+        assert out["torch"] is False
+    elif out["policy"] == "madvise":  # only advised regions get them: torch's, when the variable is 1
+        assert out["torch"] is (setting == "1"), out
 
 
 @pytest.mark.parametrize("text,val", [("32K", 32768), ("1024 KiB", 1 << 20), ("32M", 32 << 20), ("x", 0)])
