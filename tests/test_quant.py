@@ -169,6 +169,17 @@ def test_w8a8_tiles(quant_ops, k, m):
     assert float((Q.linear(x, p) - Q.linear_ref(x, p)).abs().max()) <= 1e-5 * scale_of(x, w)
 
 
+@pytest.mark.parametrize("scheme", ["w8a8", "w4a8-g32", "w4a8-g96-asym", "w4a8-g128", "w4a8-g1024-asym"])
+@pytest.mark.parametrize("m", [16, 23, 64])
+def test_batched_column_panels(quant_ops, scheme, m):
+    """From 16 tokens the AVX-512 VNNI build runs W8A8 and W4A8 on column panels (kernels/quant/panel.h):
+    N = 100 is three panels of 32 columns and a partial one past a grab of four (where the prefetch
+    moves on to the next panel), M = 23 leaves a tile of 7 tokens, K = 2100 padded to whole groups
+    ends in a short chunk (g96: chunks of 960, a group flushed mid-block pair; g1024: one group per
+    chunk). Other builds run it as a check of their own kernels."""
+    kernel_vs_reference(m, 100, 2100, m, lambda w: Q.quantize(w, scheme), Q.linear, Q.linear_ref)
+
+
 # ---------------------------------------------------------------- ternary and binary weights (chapter 03)
 
 LOW_BIT = ["w2a8-ternary", "w1a4-binary"]

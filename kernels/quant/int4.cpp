@@ -1,5 +1,5 @@
 // int4 weights per group: W4A16 and W4A8 (quant_w4_linear). See quant.h.
-#include "quant.h"
+#include "panel.h"
 
 namespace effnb::quant {
 namespace {
@@ -433,6 +433,10 @@ at::Tensor quant_w4_linear(const at::Tensor& x, const at::Tensor& packed, const 
   for (size_t j = 0; j < xc.size(); ++j) xc[j] = act.xs[j] * static_cast<float>(act.xsum[j]);
   std::vector<float> xs_t, xc_t;
 #if EFFNB_Q4_ZMM
+  if (a8 && m >= EFFNB_QP_MMIN) {
+    panel::run(panel::W4A8{pw, psc, pz, kp, n, ng, group, act.xq.data(), act.xs.data(), xc.data()}, m, n, py);
+    return y;
+  }
   if (a8 && group % 64 == 0 && m >= EFFNB_Q4Z_MMIN) {
     xs_t.resize(m * ng);
     xc_t.resize(m * ng);

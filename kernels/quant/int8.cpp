@@ -1,5 +1,5 @@
 // int8 weights per output channel: W8A16 and W8A8 (quant_w8_linear). See quant.h.
-#include "quant.h"
+#include "panel.h"
 
 namespace effnb::quant {
 namespace {
@@ -240,6 +240,12 @@ at::Tensor quant_w8_linear(const at::Tensor& x, const at::Tensor& q, const at::T
   const float* ps = scales.data_ptr<float>();
   float* py = y.data_ptr<float>();
   const Int8Args args{pq, ps, kp, act.xp.data(), act.xq.data(), act.xs.data()};
+#if EFFNB_Q4_ZMM
+  if (a8 && m >= EFFNB_QP_MMIN) {
+    panel::run(panel::W8A8{pq, ps, kp, n, act.xq.data(), act.xs.data(), act.xsum.data()}, m, n, py);
+    return y;
+  }
+#endif
 #if defined(EFFNB_QDOT32)
   if (a8) {
     w8a8_blocks(args, act.xsum.data(), m, n, py);

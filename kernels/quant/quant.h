@@ -50,6 +50,8 @@
 // vectors, 8 rows x 1 token at M = 1, 4 rows x 4 tokens from M = 2, the sums of four
 // rows (M = 1) or four tokens folded into one vector per group (EFFNB_Q4_ZMM).
 // W4A16: each row is walked once per tile of up to 4 tokens.
+// From EFFNB_QP_MMIN (16) tokens, AVX-512 VNNI builds run W8A8 and W4A8 on column panels
+// instead: output columns in the lanes, the weights repacked per call (panel.h).
 // int8: one row against up to 4 tokens, 32 weights at a time, in registers.
 //
 // Paths: AVX2 when the library is built for x86-64-v3 or higher (decided at
@@ -251,14 +253,18 @@ struct Acts {
   std::vector<int32_t> xsum;
 };
 
+// The integer paths read only the codes: where K is already whole blocks (x.size(1) == Kp) they
+// are quantized from x itself and xp stays empty (the padded copy was a third of the activation
+// work at M = 64).
 inline Acts prepare_acts(const at::Tensor& x, int64_t kp, int64_t block, bool a8) {
-  Acts a{pad_rows(x, kp), {}, {}, {}};
+  const bool direct = a8 && x.size(1) == kp;
+  Acts a{direct ? std::vector<float>{} : pad_rows(x, kp), {}, {}, {}};
   if (a8) {
     const int64_t m = x.size(0), blocks = m * (kp / block);
     a.xq.resize(m * kp);
     a.xs.resize(blocks);
     a.xsum.resize(blocks);
-    quantize_acts(a.xp.data(), m, kp, block, a.xq.data(), a.xs.data(), a.xsum.data());
+    quantize_acts(direct ? x.data_ptr<float>() : a.xp.data(), m, kp, block, a.xq.data(), a.xs.data(), a.xsum.data());
   }
   return a;
 }
