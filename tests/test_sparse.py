@@ -69,15 +69,25 @@ def test_awkward_shapes_and_empty_rows_match_reference(n, k, p, pattern, sparsit
     assert close(S.matmul(sw, b[:, 0].contiguous()), ref[:, 0], k)
 
 
-ROW_NNZ = [0, 1, 2, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 23, 24, 25, 31, 32, 33, 47, 48, 49, 50, 97]
+ROW_NNZ = [0, 1, 2, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 23, 24, 25, 31, 32, 33, 47, 48, 49, 50, 63, 64, 65, 72, 97,
+           100]
 
 
+# the x gathers this build has: AVX-512 builds also have the 16-wide one (kernels/sparse/sparse.cpp)
+GATHERS = ["8", "16"] if S.backend() == "cpp-avx512" else ["8"]
+
+
+@pytest.mark.parametrize("gather", GATHERS)
 @pytest.mark.parametrize("spmv", ["blocks", "csr"])
 @pytest.mark.parametrize("k, index_dtype", [(100, "auto"), (65536, "auto"), (65536, "int32"), (70000, "auto")])
-def test_every_row_length_and_high_columns_match_reference(k, index_dtype, spmv):
-    """One row per nonzero count around the SpMV loops' blocks (CSR: 24 = 8 gathered + 16 scalar, then 8, 4,
-    1; column blocks: 3 blocks = 1 gathered + 2 scalar, then 1) and the SpMM loop's pairs of nonzeros, with columns up to k - 1 (uint16 indices >= 32768 read four at a
-    time must not sign-extend), for the vector and for every strip width of the matrix kernel."""
+def test_every_row_length_and_high_columns_match_reference(k, index_dtype, spmv, gather, monkeypatch):
+    """One row per nonzero count around the SpMV loops' blocks (AVX2 CSR: 24 = 8 gathered + 16 scalar, then
+    8, 4, 1; column blocks: 3 blocks = 1 gathered + 2 scalar, then 1; 16-wide: 64 = four gathers, then 16,
+    then a masked tail; blocks two per gather, eight per round, a lone last one) and the SpMM loop's pairs
+    of nonzeros, with columns up to k - 1 (uint16 indices >= 32768 must not sign-extend), for the vector
+    and for every strip width of the matrix kernel. Both x gathers of an AVX-512 build are forced in turn
+    (EFFNB_SPARSE_GATHER); other builds have only the first."""
+    monkeypatch.setenv("EFFNB_SPARSE_GATHER", gather)
     g = torch.Generator().manual_seed(k)
     w = torch.zeros(len(ROW_NNZ), k)
     for r, cnt in enumerate(ROW_NNZ):
