@@ -20,6 +20,7 @@ SCHEMAS = {  # x is fp32 [M, K]; every op returns fp32 [M, N], N the weight's ro
     "quant_dgq_linear": "(Tensor x, Tensor packed, Tensor kint, Tensor scale, int group) -> Tensor",
     "quant_peak_int8": "(Tensor(a!) out, int iters) -> ()",      # kernels/quant/peak.cpp
     "quant_peak_chains": "(Tensor out) -> int",
+    "quant_peak_lanes": "(Tensor out) -> int",                   # int32 lanes of one step: 8 or 16
     "quant_ternary_linear": "(Tensor x, Tensor packed, Tensor scales) -> Tensor",   # kernels/quant/ternary.cpp
     "quant_binary_linear": "(Tensor x, Tensor packed, Tensor scales) -> Tensor",    # kernels/quant/binary.cpp
     "quant_binary_path": "(Tensor probe) -> str",   # the popcount path binary.cpp was built with
@@ -118,7 +119,8 @@ def peak_int8(iters: int = 4_000_000, repeats: int = 5) -> float | None:
     ops = torch.ops.effnb
     ops.quant_peak_int8(out, 1000)  # wakes the OpenMP pool
     best = min(_timed(lambda: ops.quant_peak_int8(out, iters)) for _ in range(repeats))
-    return 2.0 * 32 * ops.quant_peak_chains(out) * iters * threads / best / 1e9
+    pairs = 4 * ops.quant_peak_lanes(out) * ops.quant_peak_chains(out)   # byte pairs per iteration
+    return 2.0 * pairs * iters * threads / best / 1e9
 
 
 def _timed(fn) -> float:

@@ -233,8 +233,12 @@ struct W8A8 {
         _mm512_storeu_si512(t, _mm512_add_epi32(_mm512_loadu_si512(t), acc[r][h]));
       }
   }
+  // A lane holds one column's sum over all of K, not K / 16 as in w8a8_tile: past K ~ 66,000 the
+  // flipped sum can pass 2^31 and wrap (vpdpbusd and the adds wrap modulo 2^32). The true dot
+  // product fits (K < 2^17, checked by the op), so taking 128 * xsum out modulo 2^32 gives it back.
   float finish(const Panel& st, int64_t i, int64_t c, int32_t sum) const {
-    return scales[st.c0 + c] * xs[i] * static_cast<float>(sum - 128 * xsum[i]);
+    const uint32_t dot = static_cast<uint32_t>(sum) - 128u * static_cast<uint32_t>(xsum[i]);
+    return scales[st.c0 + c] * xs[i] * static_cast<float>(static_cast<int32_t>(dot));
   }
 };
 

@@ -30,4 +30,5 @@ TORCH_LIBRARY_IMPL(effnb, CPU, m) {
   m.impl("quant_binary_path", &effnb::quant::quant_binary_path);
   m.impl("quant_peak_int8", &effnb::quant::quant_peak_int8);
   m.impl("quant_peak_chains", &effnb::quant::quant_peak_chains);
+  m.impl("quant_peak_lanes", &effnb::quant::quant_peak_lanes);
 }

@@ -410,5 +410,6 @@ at::Tensor quant_binary_linear(const at::Tensor& x, const at::Tensor& packed, co
 std::string quant_binary_path(const at::Tensor& probe);
 void quant_peak_int8(const at::Tensor& out, int64_t iters);
 int64_t quant_peak_chains(const at::Tensor& out);
+int64_t quant_peak_lanes(const at::Tensor& out);
 
 }  // namespace effnb::quant
