@@ -41,6 +41,9 @@ class Provider:
     only: Callable[[Any], bool] | None = None   # x values this provider applies to (default: all)
     bytes_moved: Callable[[Any], float] | None = None  # this provider's own byte count (default: the spec's)
     flops: Callable[[Any], float] | None = None        # this provider's own flop count (default: the spec's)
+    # the limits key of this provider's compute roof: an int8 kernel is held to an int8 roof, not to
+    # fp32 FMA (% of roof is NaN where the limits lack the key: no roof was measured for that step)
+    compute_roof: str = "peak_gflops"
 
 
 @dataclass
@@ -162,9 +165,10 @@ class Result:
         count_f, count_b = p.flops or self.spec.flops, p.bytes_moved or self.spec.bytes_moved
         fl = count_f(row["size"]) if count_f else 0.0
         by = count_b(row["size"]) if count_b else 0.0
-        if fl == 0 and by == 0:
+        if (fl == 0 and by == 0) or limits.get(p.compute_roof) is None:
             return math.nan
-        return roofline.bound(fl, by, row["median_s"], limits, bandwidth)["pct_of_limit"]
+        return roofline.bound(fl, by, row["median_s"], {**limits, "peak_gflops": limits[p.compute_roof]},
+                              bandwidth)["pct_of_limit"]
 
     def plot(self, ax=None, roof: dict | None = None, logx: bool | None = None, logy: bool = False,
              bandwidth: str = "read_gbps"):

@@ -739,6 +739,25 @@ def test_benchmark_is_a_perf_spec_with_the_fastest_peers():
     assert len(Q.roofline_points(runs)) == len(spec.providers)
 
 
+def test_integer_kernels_are_held_to_the_int8_roof():
+    """% of roof: u8 x s8 kernels against the int8 roof (probed by speed_table when the limits lack it),
+    float ones against fp32 FMA, binary's popcount against nothing (no probe): an int8 kernel measured
+    against the fp32 roof read up to 280% of it."""
+    spec = Q.benchmark((16, 128), [2], group=64, ours=("w4a16", "w8a8", "w4a8"), peers=False, cold=False,
+                       repeats=3, warmup=1, threads=1)
+    assert {p.key: p.compute_roof for p in spec.providers} == {"w4a16": "peak_gflops", "w8a8": Q.INT8_ROOF,
+                                                              "w4a8": Q.INT8_ROOF}
+    assert Q.compute_roof("w1a4-binary") not in {"peak_gflops", Q.INT8_ROOF}
+    runs = {"16x128": spec.run(progress=False)}
+    # a memory roof far above anything, so the compute roofs bind: % of roof = GOP/s / that roof
+    limits = {"read_gbps": 1e9, "peak_gflops": 1.0}
+    low = Q.speed_table(runs, {**limits, Q.INT8_ROOF: 2.0}).set_index("key")["% of roof"]
+    high = Q.speed_table(runs, {**limits, Q.INT8_ROOF: 4.0}).set_index("key")["% of roof"]
+    assert low["w8a8"] == pytest.approx(2 * high["w8a8"]) and low["w4a16"] == pytest.approx(high["w4a16"])
+    probed = Q.speed_table(runs, limits).set_index("key")["% of roof"]    # the int8 roof probed here
+    assert probed["w8a8"] < low["w8a8"] / 10 and probed["w4a16"] == pytest.approx(low["w4a16"], rel=0.05)
+
+
 def test_cold_benchmark_without_peers_uses_our_first_kernel_as_baseline():
     spec = Q.benchmark((8, 64), [2], group=64, ours=("w4a16", "w4a8"), peers=False, repeats=3, warmup=1)
     assert spec.baseline == "w4a16" and spec.cold

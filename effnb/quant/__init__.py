@@ -38,7 +38,8 @@ the rounding) and ``lowbit`` (its race, byte counts and language-model runs).
 from __future__ import annotations
 
 from . import ops
-from .experiments import (FOUR_BIT_PEERS, INT8_PEERS, OURS, among, backend_of, benchmark, bytes_moved, dequant_share,
+from .experiments import (FOUR_BIT_PEERS, INT8_PEERS, INT8_ROOF, OURS, among, backend_of, benchmark, bytes_moved,
+                          compute_roof, dequant_share,
                           fidelity, label, measurements, ort_key, peer_factories, quality, ratio, scheme_of,
                           ratio_pivot, speed_table, time_pivot, weight_bytes)
 from .formats import (SCHEME_RE, DGQPacked, Packed, Scheme, dequantize, dgq_dequantize, pack_bits, pack_int4,
@@ -55,7 +56,7 @@ from .variants import (DGQ_CLIP_PCT, FINEQUANT_GROUPS, FINEQUANT_MAX_SHARE, FINE
                        outlier_share, qserve_quantize, variant_makers)
 
 __all__ = [
-    "ops", "FOUR_BIT_PEERS", "INT8_PEERS", "OURS", "among", "backend_of", "benchmark", "bytes_moved", "dequant_share",
+    "ops", "FOUR_BIT_PEERS", "INT8_PEERS", "INT8_ROOF", "compute_roof", "OURS", "among", "backend_of", "benchmark", "bytes_moved", "dequant_share",
     "fidelity", "label", "measurements", "ort_key", "peer_factories", "quality", "ratio", "scheme_of",
     "speed_table", "time_pivot", "ratio_pivot", "weight_bytes", "SCHEME_RE", "DGQPacked", "Packed", "Scheme", "dequantize", "dgq_dequantize",
     "pack_int4", "pack_ternary", "unpack_ternary", "pack_bits", "unpack_bits", "binary_path", "parse_scheme", "quantize", "random_dgq", "random_packed", "unpack_int4", "calibrate",

@@ -54,6 +54,19 @@ def label(key: str, group: int) -> str:
     return f"ours dgq-w4a8-g{group}" if key == "dgq" else f"ours {scheme_of(key, group)}"
 
 
+# providers whose products are u8 x s8 dot products into int32 (vpdpbusd or maddubs): held to the int8
+# roof (ops.peak_int8), not the fp32 one; binary's popcount has no probe (its % of roof stays empty)
+INT8_STEP = {"w8a8", "w4a8", "dgq", "w2a8-ternary", "dynamic", "ort4"}
+INT8_ROOF = "int8_gops"
+
+
+def compute_roof(key: str) -> str:
+    """The limits key of provider ``key``'s compute roof (see :class:`effnb.perf.Provider`)."""
+    if key in INT8_STEP:
+        return INT8_ROOF
+    return "popcount_gops" if key == "w1a4-binary" else "peak_gflops"
+
+
 def backend_of(key: str) -> str:
     """The code that runs provider ``key``: our family's backend (cpp-<isa path> or torch-fallback) or the library."""
     if is_ours(key):
@@ -210,7 +223,7 @@ def benchmark(shape, batch_sizes, group: int = 128, cold: bool = True, repeats: 
     n, k = (int(v) for v in shape)
     facs = peer_factories(group, ours, peers, threads, ort_levels)
     providers = [perf.Provider(key, label(key, group), lambda m, fac=fac: fac((m, n, k)), ours=is_ours(key),
-                               backend=backend_of(key),
+                               backend=backend_of(key), compute_roof=compute_roof(key),
                                bytes_moved=lambda m, key=key: bytes_moved(key, (m, n, k), group))
                  for key, fac in facs.items()]
     return perf.Benchmark(name=f"{'cold' if cold else 'warm'} {n}x{k}, {threads or torch.get_num_threads()} threads",
@@ -234,8 +247,10 @@ def among(res: perf.Result, peers, baseline: str) -> perf.Result:
 def speed_table(runs: dict, limits: dict | None = None, peers=None, baseline: str | None = None):
     """``Result.table`` of every shape in one frame (with the shape, our provider key and M as a number):
     each of ours against ``baseline`` (default the benchmark's) and the fastest peer (of ``peers``,
-    default all), % of the roof."""
+    default all), % of the roof: the int8 kernels' of the int8 roof, probed here when ``limits`` lacks it."""
     import pandas as pd
+    if limits is not None and INT8_ROOF not in limits:
+        limits = {**limits, INT8_ROOF: ops.peak_int8()}
     frames = []
     for shape, res in runs.items():
         r = res
