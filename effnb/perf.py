@@ -156,6 +156,18 @@ class Result:
             rows.append(row)
         return pd.DataFrame(rows)
 
+    def rates(self, bandwidth: str = "read_gbps", where: str = "") -> list[tuple[str, float, str]]:
+        """Every row's rates next to the roof each must stay under, for :func:`settle_rates`: GB/s
+        against ``bandwidth``, GFLOP/s (GOP/s for integer kernels) against the provider's compute roof."""
+        roof = {p.key: p.compute_roof for p in self.spec.providers}
+        out = []
+        for _, r in self.df.iterrows():
+            who = f"{r['label']} at {self.spec.x} {r['x']}{where}"
+            for key, col in ((bandwidth, "gbps"), (roof[r["provider"]], "gflops")):
+                if col in r and r[col] == r[col]:
+                    out.append((key, float(r[col]), who))
+        return out
+
     def _label(self, key: str) -> str:
         return next(p.label for p in self.spec.providers if p.key == key)
 
@@ -203,3 +215,67 @@ class Result:
         plots.caption(ax, self.spec.name, backend="ours: " + ", ".join(backends))
         ax.legend(fontsize="x-small", loc="best")
         return ax
+
+
+# the roofs a measured rate can be held to: limits key -> (name in prose, unit)
+ROOFS = {"read_gbps": ("read", "GB/s"), "peak_gflops": ("compute", "GFLOP/s"), "int8_gops": ("int8", "GOP/s")}
+
+
+def _over(rates, limits: dict) -> dict:
+    """limits key -> (the fastest rate above that roof, who ran it), for each roof some rate beats."""
+    worst = {}
+    for key, rate, who in rates:
+        roof = limits.get(key)
+        if roof and rate == rate and rate > float(roof) and rate > worst.get(key, (0.0, ""))[0]:
+            worst[key] = (float(rate), who)
+    return worst
+
+
+def settle_rates(rates, limits: dict, reprobe) -> tuple[dict, str, dict]:
+    """Never report a kernel above 100% of a roof: a kernel that beats a roof proves the roof wrong.
+
+    ``rates`` lists ``(limits key, measured rate, who)``, e.g. ``("read_gbps", 71.4, "fbgemm at M=1")``.
+    When some rate beats its roof, ``reprobe()`` (e.g. ``roofline.machine(..., refresh=True)``) runs once and
+    each roof becomes the better of the old and the new probe (a roof never comes down: a lower
+    probe only saw a busier machine). A rate that still beats its roof lifts that roof to itself
+    (the kernel is then the better probe). Returns ``(limits, phrase, info)``: the phrase says what
+    happened, ``info`` who ran over, whether a probe was taken and which roofs were lifted to what.
+    """
+    rates = [(k, float(r), str(w)) for k, r, w in rates]
+    over = [(w, 100.0 * r / float(limits[k])) for k, r, w in rates if limits.get(k) and r > float(limits[k])]
+    info = {"over": list(dict.fromkeys(w for w, _ in over)), "reprobed": False, "lifted": {}}
+    if not over:
+        return dict(limits), "No kernel ran above its roof: the probes bound every measurement of this run.", info
+    first = (f"The first probe came out too low, so a roof was wrong: {', '.join(info['over'])} ran above it "
+             f"(up to {max(p for _, p in over):.0f}%)")
+    probe = dict(reprobe())
+    info["reprobed"], info["probe"] = True, probe
+    keys = {k for k, _, _ in rates} | {"read_gbps", "peak_gflops"}
+    limits = {**limits, **probe, **{k: max(float(limits[k]), float(probe[k])) for k in keys
+                                    if limits.get(k) is not None and probe.get(k) is not None}}
+    for key, (rate, who) in _over(rates, limits).items():
+        limits[key] = rate
+        info["lifted"][key] = (rate, who)
+    count = limits.get("probe_count", "?")
+    if not info["lifted"]:
+        return limits, (f"{first}; the machine was probed again (best of {count} probes now) and the new roof "
+                        "bounds every kernel."), info
+    lifted = "; ".join(f"{ROOFS.get(k, (k, ''))[0]} roof {v:.1f} {ROOFS.get(k, ('', ''))[1]} from {who}"
+                       for k, (v, who) in info["lifted"].items())
+    return limits, (f"{first}. A new probe (best of {count} probes now) still stayed below some of them, so "
+                    f"the chapter takes the fastest kernel as the roof ({lifted}): the probe underestimates "
+                    "this machine, and that kernel sits at 100%."), info
+
+
+def settle(results, limits: dict, reprobe=None, *, threads: int | None = None, bandwidth: str = "read_gbps"):
+    """:func:`settle_rates` over one :class:`Result` or a dict of them (name -> Result, e.g.
+    one per layer shape): no row may end above its roof. ``reprobe`` defaults to a fresh
+    :func:`effnb.roofline.machine` probe at ``threads``; returns ``(limits, phrase, info)``."""
+    if reprobe is None:
+        from . import roofline
+
+        def reprobe():
+            return roofline.machine(threads, refresh=True, progress=False)
+    named = results.items() if isinstance(results, dict) else [("", results)]
+    rates = [rate for name, res in named for rate in res.rates(bandwidth, f", {name}" if name else "")]
+    return settle_rates(rates, limits, reprobe)

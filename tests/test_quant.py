@@ -155,6 +155,17 @@ def test_w4a8_small_batches_and_long_groups(quant_ops, scheme, m):
     kernel_vs_reference(m, 37, 2100, m, lambda w: Q.quantize(w, scheme), Q.linear, Q.linear_ref)
 
 
+@pytest.mark.parametrize("ahead", ["1", "0"])
+def test_w4a8_one_token_with_and_without_the_block_ahead(quant_ops, monkeypatch, ahead):
+    """At M = 1, AVX-512 VNNI builds on AMD also prefetch the next row block (Intel builds do not):
+    both settings forced by EFFNB_W4A8_AHEAD, with the last row block at the weight's end (N = 8, 37,
+    64), so the prefetch reaches past the buffer. A prefetch cannot change a result; this checks
+    that either setting runs and stays correct. Other builds ignore the variable."""
+    monkeypatch.setenv("EFFNB_W4A8_AHEAD", ahead)
+    for n in (8, 37, 64):
+        kernel_vs_reference(1, n, 2100, n, lambda w: Q.quantize(w, "w4a8-g128"), Q.linear, Q.linear_ref)
+
+
 @pytest.mark.parametrize("k", [333, 4096 + 32, 64])
 @pytest.mark.parametrize("m", [1, 5, 6, 7, 13, 64])
 def test_w8a8_tiles(quant_ops, k, m):
@@ -756,6 +767,24 @@ def test_integer_kernels_are_held_to_the_int8_roof():
     assert low["w8a8"] == pytest.approx(2 * high["w8a8"]) and low["w4a16"] == pytest.approx(high["w4a16"])
     probed = Q.speed_table(runs, limits).set_index("key")["% of roof"]    # the int8 roof probed here
     assert probed["w8a8"] < low["w8a8"] / 10 and probed["w4a16"] == pytest.approx(low["w4a16"], rel=0.05)
+
+
+def test_settle_roofs_leaves_no_row_above_any_roof():
+    """A read probe taken under load put fbgemm at 177% and our W8A8 at 124% of it: after
+    ``settle_roofs`` every % of roof and % of read bandwidth is at most 100, the int8 roof included."""
+    spec = Q.benchmark((16, 128), [2], group=64, ours=("w4a16", "w8a8"), peers=False, cold=False,
+                       repeats=3, warmup=1, threads=1)
+    runs = {"16x128": spec.run(progress=False)}
+    tiny = {"read_gbps": 1e-6, "peak_gflops": 1e-6, Q.INT8_ROOF: 1e-6, "probe_count": 1}
+    probes = []
+    limits, phrase, info = perf.settle(runs, tiny, lambda: probes.append(1) or dict(tiny, probe_count=2))
+    assert probes == [1] and info["reprobed"] and set(info["lifted"]) == {"read_gbps", "peak_gflops", Q.INT8_ROOF}
+    assert "takes the fastest kernel as the roof" in phrase and "16x128" in phrase
+    assert limits[Q.INT8_ROOF] == pytest.approx(float(runs["16x128"].df.set_index("provider")["gflops"]["w8a8"]))
+    assert (Q.speed_table(runs, limits)["% of roof"] <= 100 + 1e-9).all()
+    assert (Q.measurements(runs, limits)["% read bw"] <= 100 + 1e-9).all()
+    again = perf.settle(runs, limits, lambda: probes.append(1) or {})
+    assert probes == [1] and again[1].startswith("No kernel") and again[0] == limits
 
 
 def test_cold_benchmark_without_peers_uses_our_first_kernel_as_baseline():

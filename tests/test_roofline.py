@@ -6,7 +6,7 @@ import matplotlib
 import pandas as pd
 import pytest
 
-from effnb import bench, cachesize, provenance, roofline
+from effnb import bench, cachesize, perf, provenance, roofline
 
 matplotlib.use("Agg")
 
@@ -203,3 +203,17 @@ def test_the_fma_probe_is_the_compute_roof():
     fma = roofline.fma_frame(threads=1, repeats=3, iters=200_000)
     gemm = roofline.gemm_frame(256, threads=1, repeats=3)
     assert float(fma["gflops"].iloc[0]) > 0.8 * float(gemm["gflops"].iloc[0])
+
+
+def test_settle_takes_the_better_probe_then_lifts_and_keeps_other_roofs():
+    rates = [("read_gbps", 50.0, "a"), ("int8_gops", 300.0, "b"), ("peak_gflops", 10.0, "c")]
+    limits = {"read_gbps": 40.0, "peak_gflops": 100.0, "int8_gops": 250.0, "probe_count": 1}
+    lim, phrase, info = perf.settle_rates(rates, limits, lambda: {"read_gbps": 45.0, "peak_gflops": 90.0,
+                                                                 "probe_count": 2})
+    assert info["over"] == ["a", "b"] and "up to 125%" in phrase
+    assert lim["read_gbps"] == 50.0 and lim["int8_gops"] == 300.0 and lim["peak_gflops"] == 100.0  # never lowered
+    assert info["lifted"] == {"read_gbps": (50.0, "a"), "int8_gops": (300.0, "b")} and lim["probe_count"] == 2
+    assert "read roof 50.0 GB/s from a" in phrase and "int8 roof 300.0 GOP/s from b" in phrase
+    lim2, phrase2, info2 = perf.settle_rates(rates, limits, lambda: {"read_gbps": 60.0, "int8_gops": 400.0})
+    assert not info2["lifted"] and lim2["read_gbps"] == 60.0 and "new roof bounds every kernel" in phrase2
+

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .. import bench
+from .. import bench, perf
 from ..bench import Contention, combine  # noqa: F401  (core since chapter 03 uses them too)
 from .workloads import place
 
@@ -122,52 +122,14 @@ def over_roof(measured, limit: float = 100.0):
     return measured[measured["pct_of_limit"] > limit]
 
 
-_ROOF = {"compute": ("peak_gflops", "gflops", "GFLOP/s"), "memory": ("read_gbps", "gbps", "GB/s")}
-
-
 def settle_roofs(measured, limits: dict, reprobe: Callable[[], dict]):
-    """Never report a kernel above 100% of a roof: a kernel that beats a roof proves the roof wrong.
-
-    When a row exceeds its roof, ``reprobe()`` (e.g. ``roofline.machine(..., refresh=True)``)
-    is called once and every row is placed again under the better of the old and new
-    limits (a roof never comes down: a lower probe only saw a busier machine). If a kernel
-    still beats the new roof, that roof is lifted to the kernel's own rate (the
-    kernel is then the better probe) and the row sits at 100%. Returns
-    ``(measured, limits, phrase, info)``: ``info`` lists what ran over, whether a
-    probe was taken, and which roofs were lifted to what.
-    """
-    measured = place(measured, limits)
-    over = over_roof(measured)
-    info = {"over": list(over["name"]), "reprobed": False, "lifted": {}}
-    if over.empty:
-        return measured, limits, "No kernel ran above its roof: the probes bound every measurement of this run.", info
-    first = (f"The first probe came out too low, so a roof was wrong: {', '.join(over['name'])} ran above it "
-             f"(up to {over['pct_of_limit'].max():.0f}%)")
-    probe = dict(reprobe())
-    info["reprobed"], info["probe"] = True, probe
-    limits = {**probe, **{k: max(float(limits[k]), float(probe[k])) for k in ("peak_gflops", "read_gbps")
-                          if k in limits and k in probe}}
-    measured = place(measured, limits)
-    for _ in range(4):      # lifting one roof moves the ridge; settle in a few rounds
-        still = over_roof(measured)
-        if still.empty:
-            break
-        for binding, rows in still.groupby("binding"):
-            key, col, _unit = _ROOF[binding]
-            limits[key] = max(float(limits[key]), float(rows[col].max()))
-            info["lifted"][key] = (limits[key], str(rows.loc[rows[col].idxmax(), "name"]))
-        measured = place(measured, limits)
-    count = limits.get("probe_count", "?")
-    if not info["lifted"]:
-        phrase = (f"{first}; the machine was probed again (best of {count} probes now) and the new roof bounds "
-                  "every kernel.")
-    else:
-        lifted = "; ".join(f"{k.split('_')[0]} roof {v:.1f} {_ROOF['compute' if k == 'peak_gflops' else 'memory'][2]}"
-                           f" from {name}" for k, (v, name) in info["lifted"].items())
-        phrase = (f"{first}. A new probe (best of {count} probes now) still stayed below some of them, so the "
-                  f"chapter takes the fastest kernel as the roof ({lifted}): the probe underestimates this machine, "
-                  "and that kernel sits at 100%.")
-    return measured, limits, phrase, info
+    """:func:`effnb.perf.settle_rates` for roofline rows (flops, bytes, median_s): each row's GB/s is
+    held to the read roof and its GFLOP/s to the compute roof; returns the rows placed again under
+    the settled limits, then ``(limits, phrase, info)``."""
+    rates = [(key, float(r[count]) / float(r["median_s"]) / 1e9, str(r["name"]))
+             for _, r in measured.iterrows() for key, count in (("read_gbps", "bytes"), ("peak_gflops", "flops"))]
+    limits, phrase, info = perf.settle_rates(rates, limits, reprobe)
+    return place(measured, limits), limits, phrase, info
 
 
 __all__ = ["Contention", "combine", "caveat", "finding", "series_validity", "conv_validity", "dw_phrase",

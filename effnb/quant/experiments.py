@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from .. import bench, perf
+from .. import bench, perf, roofline
 from ..models.minilm import embed, load_minilm
 from . import ops
 from .formats import random_dgq, random_packed
@@ -242,6 +242,20 @@ def among(res: perf.Result, peers, baseline: str) -> perf.Result:
     spec = dataclasses.replace(res.spec, baseline=baseline, providers=[p for p in res.spec.providers
                                                                        if p.key in keep])
     return perf.Result(spec, res.df[res.df["provider"].isin(keep)], res.rounds[res.rounds["provider"].isin(keep)])
+
+
+def machine_limits(threads: int, refresh: bool = False) -> dict:
+    """The machine's limits (:func:`effnb.roofline.machine`) with the int8 roof the u8 x s8 kernels
+    are held to (:func:`ops.peak_int8`, absent without the C++ family), probed once per call."""
+    limits = roofline.machine(threads, refresh=refresh, progress=False)
+    peak = ops.peak_int8()
+    return {**limits, INT8_ROOF: peak} if peak else limits
+
+
+def settle_roofs(runs: dict, limits: dict, threads: int):
+    """No row of ``runs`` above its roof (:func:`effnb.perf.settle`): a row that beats the read, fp32
+    or int8 roof has the machine probed again, then lifts the roof to itself; ``(limits, phrase, info)``."""
+    return perf.settle(runs, limits, lambda: machine_limits(threads, refresh=True))
 
 
 def speed_table(runs: dict, limits: dict | None = None, peers=None, baseline: str | None = None):

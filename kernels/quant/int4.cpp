@@ -1,6 +1,9 @@
 // int4 weights per group: W4A16 and W4A8 (quant_w4_linear). See quant.h.
 #include "panel.h"
 
+#include <cstdlib>
+#include <cstring>
+
 namespace effnb::quant {
 namespace {
 
@@ -30,6 +33,7 @@ struct Int4Args {
   const float* xs_t;
   const float* xc_t;
   int64_t m;
+  bool ahead = false;  // one token: fetch the next row block ahead (next_block_ahead)
 };
 
 template <int MT>
@@ -259,6 +263,16 @@ void int4_a8_block_zmm(const Int4Args& A, int64_t row0, int64_t i0, float* py, i
         for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(w[r] + 32 * b + EFFNB_Q4Z_PF), _MM_HINT_T0);
     }
 #endif
+#if EFFNB_Q4Z_NEXT > 0
+    // one token: the next row block is R contiguous rows; fetch it as one linear stream,
+    // R / 2 lines per 64-weight block, so that it is in L1 when this thread gets there
+    if constexpr (T == 1) {
+      if (A.ahead) {
+        const uintptr_t next = reinterpret_cast<uintptr_t>(A.w + (row0 + R) * (A.kp / 2)) + 32 * R * b;
+        for (int l = 0; l < R / 2; ++l) _mm_prefetch(reinterpret_cast<const char*>(next + 64 * l), _MM_HINT_T0);
+      }
+    }
+#endif
     __m512i u[R];
     for (int r = 0; r < R; ++r) {
       const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + 32 * b)));
@@ -349,6 +363,19 @@ void int4_a8_block_zmm(const Int4Args& A, int64_t row0, int64_t i0, float* py, i
       for (int t = 0; t < T; ++t) py[(i0 + t) * n + row0 + r] = _mm512_reduce_add_ps(acc[r][t]) - corr[r][t];
     }
   }
+}
+
+// Whether the one-token kernel fetches the next row block ahead. Measured cold at M = 1 on a
+// 2-core AMD EPYC Zen 5 (3 shapes, 4 interleaved runs): 4096 x 4096 0.27-0.31 ms -> 0.22-0.25 ms,
+// 11008 x 4096 0.69-0.79 -> 0.58-0.59 (one noisy 0.85), 4096 x 11008 0.61-0.66 -> 0.60-0.65. Its
+// L2 stream prefetcher seems to start each of the R row streams late (not profiled). The
+// Intel Xeon's tuning (per-row prefetch only) was not re-measured with it, so Intel keeps it off.
+bool next_block_ahead() {
+  static const bool amd = __builtin_cpu_is("amd");
+  const char* force = std::getenv("EFFNB_W4A8_AHEAD");
+  if (force && std::strcmp(force, "1") == 0) return true;
+  if (force && std::strcmp(force, "0") == 0) return false;
+  return amd;
 }
 
 // Threads over blocks of R rows (the last n % R one at a time); per block the rows' scales are
@@ -444,8 +471,11 @@ at::Tensor quant_w4_linear(const at::Tensor& x, const at::Tensor& packed, const 
       for (int64_t g = 0; g < ng; ++g) xs_t[g * m + i] = act.xs[i * ng + g], xc_t[g * m + i] = xc[i * ng + g];
   }
 #endif
-  const Int4Args args{pw, psc, pz, kp, ng, group, xp.data(), xsumf.data(), act.xq.data(), act.xs.data(),
-                      act.xsum.data(), xc.data(), xs_t.data(), xc_t.data(), m};
+  Int4Args args{pw, psc, pz, kp, ng, group, xp.data(), xsumf.data(), act.xq.data(), act.xs.data(),
+                act.xsum.data(), xc.data(), xs_t.data(), xc_t.data(), m};
+#if EFFNB_Q4_ZMM && EFFNB_Q4Z_NEXT > 0
+  args.ahead = m < EFFNB_Q4Z_MMIN && next_block_ahead();
+#endif
 #if EFFNB_Q4_ZMM
   if (a8 && group % 64 == 0) {
     if (m >= EFFNB_Q4Z_MMIN)

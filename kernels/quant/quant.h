@@ -148,6 +148,11 @@
 #ifndef EFFNB_Q4Z_CHUNK
 #define EFFNB_Q4Z_CHUNK 16
 #endif
+// At one token, AMD CPUs also fetch the next row block (R contiguous rows) into L1 as one linear
+// stream while the current one computes (int4.cpp, next_block_ahead; EFFNB_W4A8_AHEAD=1|0 forces it)
+#ifndef EFFNB_Q4Z_NEXT
+#define EFFNB_Q4Z_NEXT 1
+#endif
 #else
 #if defined(EFFNB_Q4_ZMM) && EFFNB_Q4_ZMM
 #error "EFFNB_Q4_ZMM needs AVX-512 VNNI and BW"
