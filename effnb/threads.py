@@ -79,3 +79,13 @@ def current_threads() -> dict:
     except ImportError:  # pragma: no cover
         out["numba"] = None
     return out
+
+
+def numba_layer() -> str:
+    """The Numba threading layer (tbb, omp or workqueue) this process's parallel regions ran on;
+    before its first region, the one requested (effnb/__init__.py says which it picks and why)."""
+    import numba
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return str(numba.config.THREADING_LAYER)
