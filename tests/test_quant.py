@@ -759,6 +759,8 @@ def test_integer_kernels_are_held_to_the_int8_roof():
     assert {p.key: p.compute_roof for p in spec.providers} == {"w4a16": "peak_gflops", "w8a8": Q.INT8_ROOF,
                                                               "w4a8": Q.INT8_ROOF}
     assert Q.compute_roof("w1a4-binary") not in {"peak_gflops", Q.INT8_ROOF}
+    # torch's bf16-activation peers ran above the fp32 FMA roof (bf16 dot products): no roof of ours holds them
+    assert all(Q.compute_roof(k) not in {"peak_gflops", Q.INT8_ROOF} for k in ("bf16", "int8pack", "int4pack"))
     runs = {"16x128": spec.run(progress=False)}
     # a memory roof far above anything, so the compute roofs bind: % of roof = GOP/s / that roof
     limits = {"read_gbps": 1e9, "peak_gflops": 1.0}

@@ -55,7 +55,9 @@ def label(key: str, group: int) -> str:
 
 
 # providers whose products are u8 x s8 dot products into int32 (vpdpbusd or maddubs): held to the int8
-# roof (ops.peak_int8), not the fp32 one; binary's popcount has no probe (its % of roof stays empty)
+# roof (ops.peak_int8), not the fp32 one; binary's popcount has no probe (its % of roof stays empty), nor
+# have torch's bf16-activation peers (BF16_INPUTS): oneDNN runs them on bf16 dot products (AVX512-BF16,
+# AMX) that outran the fp32 FMA roof by 37% at M = 64 on the Zen 5, so fp32 is no roof for them
 INT8_STEP = {"w8a8", "w4a8", "dgq", "w2a8-ternary", "dynamic", "ort4"}
 INT8_ROOF = "int8_gops"
 
@@ -64,6 +66,8 @@ def compute_roof(key: str) -> str:
     """The limits key of provider ``key``'s compute roof (see :class:`effnb.perf.Provider`)."""
     if key in INT8_STEP:
         return INT8_ROOF
+    if key in BF16_INPUTS:
+        return "bf16_gflops"
     return "popcount_gops" if key == "w1a4-binary" else "peak_gflops"
 
 
