@@ -1,4 +1,8 @@
 """effnb.timeseries against the plain float64 references, plus its input checks and sklearn behaviour."""
+import os
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -103,6 +107,59 @@ def test_minirocket_parallel_equals_one_thread(c, length, features, monkeypatch)
     np.testing.assert_array_equal(m.transform(X), one)
     positions = R.minirocket_positions(m, length)
     assert np.all(np.abs(one[:2] - R.minirocket_features(X[:2], m)) <= 1.0 / positions + 1e-6)
+
+
+# an AVX2 CPU's features as Numba's target: its build of our kernels uses 8 lanes, whatever CPU runs the tests
+AVX2_FEATURES = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+fxsr,+lzcnt,+mmx,+movbe,+popcnt,+sahf,"
+                 "+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave,-avx512f")
+
+
+def test_minirocket_lane_width_follows_the_cpu_numba_compiles_for():
+    """16 series per vector where Numba's target has AVX-512, else 8 (EFFNB_EXPECT_LANES, set by the AVX2
+    rerun below, says which this run must have); the lane buffers start on a register boundary."""
+    from numba import njit
+
+    from effnb import provenance
+    from effnb.timeseries import lanes
+    print(f"MiniRocket runs {lanes.W} lanes ({'AVX-512' if lanes.W == 16 else 'AVX2'} path)")
+    if "EFFNB_EXPECT_LANES" in os.environ:
+        assert lanes.W == int(os.environ["EFFNB_EXPECT_LANES"])
+    elif os.environ.get("NUMBA_CPU_FEATURES") is None and os.environ.get("NUMBA_CPU_NAME") is None:
+        assert lanes.W == (16 if "avx512f" in provenance.cpu_flags() else 8)
+    make = njit(lambda n: lanes.empty(n, np.float32))
+    for n in (1, 17, 1000):
+        buf = make(n)
+        assert buf.shape == (n,) and buf.ctypes.data % (4 * lanes.W) == 0
+
+
+def test_minirocket_avx2_path_on_any_cpu(tmp_path):
+    """Numba's build for an AVX2 CPU (8 lanes) passes the transform's tests in a subprocess with its own cache:
+    the AVX2 path is tested on AVX-512 machines too."""
+    from effnb import provenance
+    if "avx2" not in provenance.cpu_flags():
+        pytest.skip("this CPU cannot run AVX2 code")
+    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": AVX2_FEATURES,
+           "NUMBA_CACHE_DIR": str(tmp_path), "EFFNB_EXPECT_LANES": "8"}
+    tests = "minirocket_matches_reference or minirocket_parallel_equals or lane_width_follows"
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-s",
+                          "-k", tests, __file__], env=env, capture_output=True, text=True, timeout=900)
+    said = run.stdout
+    assert run.returncode == 0 and "5 passed" in said and "skipped" not in said, said[-3000:] + run.stderr[-2000:]
+    assert "MiniRocket runs 8 lanes (AVX2 path)" in said
+
+
+def test_share_out_gives_every_item_one_chunk_and_balances_the_work():
+    from effnb.timeseries import minirocket
+    cost = np.array([19.0, 12.0, 4.0, 8.0] + [4.0] * 17 + [1.0] * 4)   # a length-1024 profile: first dilations cost most
+    for nblk, chunks in [(1, 4), (3, 4), (65, 4), (2, 3)]:
+        owner = minirocket._share_out(cost, nblk, chunks)
+        assert owner.shape == (nblk * len(cost),) and owner.min() >= 0 and owner.max() < chunks
+        load = np.bincount(owner, weights=np.tile(cost, nblk), minlength=chunks)
+        assert load.max() - load.min() <= cost.max()       # within one item of each other (LPT's bound)
+    m = T.MiniRocket(num_features=10_000, random_state=0).fit(panel(0, 2, 1, 1024))
+    work = m.work_per_dilation_                            # the estimate a fit leaves for transform's shares
+    assert work.shape == m.dilations_.shape and np.all(work > 0)
+    assert work[0] == work.max() and work[-1] < np.median(work)   # most biases first; long dilations skip padding
 
 
 def test_minirocket_dilations_and_feature_count():

@@ -34,6 +34,7 @@ from .figures import (accuracy_view, dataset_speed_table, dataset_speed_view, qu
 from .figures import streaming as streaming_figure
 from .figures import throughput as throughput_figure
 from .inputs import as_panel, pad_equal
+from .lanes import W as MINI_LANES
 from .minirocket import (MINI_COMBOS, MINI_LENGTH, MiniRocket, _mini_conv, _mini_pairs, golden_quantiles,
                          mini_dilations)
 from .peers import ours_backend, sktime_backend, torch_backend, transformers

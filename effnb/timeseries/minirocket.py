@@ -14,16 +14,15 @@ thread.
 from __future__ import annotations
 
 import itertools
-import operator
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic, models, overload, register_model
+from numba import njit, prange
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from .inputs import _n_threads as n_threads
 from .inputs import as_panel, check_fitted, check_shape, numba_threads
+from .lanes import W, count_above, load, proportion, splat, store, zeros
+from .lanes import empty as empty_lanes
 
 MINI_LENGTH = 9
 # the 84 MiniRocket kernels: positions of the three weights 2 among nine (the other six are -1)
@@ -99,184 +98,75 @@ MINI_PAIR = _pair_index()
 # (``xT[c, t] = X[s0:s0 + W, c, t]``): a kernel's output at time t is
 # A + 3 (x_a + x_b + x_e) for W series at once, and the PPV count of a bias is
 # W integer counters in one register (a compare and a subtract per time step;
-# no sum across lanes, no tail, the same code for 24 points or 1024). Numba
-# finds no such loop by itself (it vectorises only an innermost loop over
-# contiguous elements, and keeps counters in registers only as scalars), so a
-# few intrinsics hand it LLVM's vector types: 8 lanes of float32 is one
-# 256-bit register (AVX2 and AVX-512 alike; two 128-bit ones on SSE-only CPUs).
+# no sum across lanes, no tail, the same code for 24 points or 1024). The
+# vector type and W (16 lanes on AVX-512, else 8) come from ``.lanes``.
 
-W = 8                      # series per vector
+
 PARALLEL_MIN_WORK = 2e7    # flops_per_series x series (about half a millisecond of one thread's work) below which
 #                            a call runs on one thread: a parallel region costs tens of microseconds to start, and
 #                            a time slice (milliseconds) whenever one of its threads waits for a core held elsewhere
 _NEVER = np.float32(np.finfo(np.float32).max)   # a bias no output exceeds: fills a pass of four past the last bias
-_f32x8_ir = ir.VectorType(ir.FloatType(), W)
-_i32x8_ir = ir.VectorType(ir.IntType(32), W)
-
-
-class _Lanes(types.Type):
-    """W lanes of float32 (a kernel's output) or int32 (PPV counters) held in one register."""
-
-    def __init__(self, kind: str):
-        self.kind = kind
-        super().__init__(name=f"{kind}x{W}")
-
-
-f32x8, i32x8 = _Lanes("f32"), _Lanes("i32")
-
-
-@register_model(_Lanes)
-class _LanesModel(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, _f32x8_ir if fe_type.kind == "f32" else _i32x8_ir)
-
-
-def _lanes_ptr(context, builder, arrty, arr, i):
-    data = context.make_array(arrty)(context, builder, arr).data
-    return builder.bitcast(builder.gep(data, [i]), (_f32x8_ir if arrty.dtype == types.float32 else _i32x8_ir)
-                           .as_pointer())
-
-
-@intrinsic
-def _load(typingctx, arr, i):
-    """arr[i:i+W] (a float32 or int32 array) as one vector."""
-    def codegen(context, builder, sig, args):
-        return builder.load(_lanes_ptr(context, builder, sig.args[0], *args), align=4)
-    return (f32x8 if arr.dtype == types.float32 else i32x8)(arr, types.intp), codegen
-
-
-@intrinsic
-def _store(typingctx, arr, i, v):
-    """arr[i:i+W] = v"""
-    def codegen(context, builder, sig, args):
-        builder.store(args[2], _lanes_ptr(context, builder, sig.args[0], args[0], args[1]), align=4)
-        return context.get_dummy_value()
-    return types.void(arr, types.intp, v), codegen
-
-
-@intrinsic
-def _splat(typingctx, x):
-    """x in every lane (float32)."""
-    def codegen(context, builder, sig, args):
-        s = context.cast(builder, args[0], sig.args[0], types.float32)
-        v = builder.insert_element(ir.Constant(_f32x8_ir, ir.Undefined), s, ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), W), [0] * W))
-    return f32x8(x), codegen
-
-
-@intrinsic
-def _zeros(typingctx):
-    """W counters at zero."""
-    def codegen(context, builder, sig, args):
-        return ir.Constant(_i32x8_ir, [0] * W)
-    return i32x8(), codegen
-
-
-@intrinsic
-def _count(typingctx, n, v, b):
-    """n + (v > b), lane by lane: the comparison's all-ones mask is -1, so n - mask. Integer counters
-    leave the float adders to the convolution."""
-    def codegen(context, builder, sig, args):
-        n, v, b = args
-        return builder.sub(n, builder.sext(builder.fcmp_ordered(">", v, b), _i32x8_ir))
-    return i32x8(n, v, b), codegen
-
-
-@intrinsic
-def _share(typingctx, n, m):
-    """n / m per lane, divided in float64 and rounded to float32: the proportion of positive values."""
-    def codegen(context, builder, sig, args):
-        f64x8 = ir.VectorType(ir.DoubleType(), W)
-        m = context.cast(builder, args[1], sig.args[1], types.float64)
-        mv = builder.insert_element(ir.Constant(f64x8, ir.Undefined), m, ir.Constant(ir.IntType(32), 0))
-        mv = builder.shuffle_vector(mv, mv, ir.Constant(ir.VectorType(ir.IntType(32), W), [0] * W))
-        return builder.fptrunc(builder.fdiv(builder.sitofp(args[0], f64x8), mv), _f32x8_ir)
-    return f32x8(n, m), codegen
-
-
-def _lanes_op(name):
-    @intrinsic
-    def op(typingctx, a, b):
-        def codegen(context, builder, sig, args):
-            return getattr(builder, name)(*args, flags=("fast",))
-        return f32x8(a, b), codegen
-    return op
-
-
-_vadd, _vsub, _vmul = _lanes_op("fadd"), _lanes_op("fsub"), _lanes_op("fmul")
-
-
-def _on_lanes(fn):
-    def typer(a, b):
-        if a is f32x8 and b is f32x8:
-            return lambda a, b: fn(a, b)
-    return typer
-
-
-overload(operator.add)(_on_lanes(_vadd))
-overload(operator.sub)(_on_lanes(_vsub))
-overload(operator.mul)(_on_lanes(_vmul))
 
 
 @njit(fastmath=True, inline="always")
 def _conv_at(AT, xT, a0, ia, ib, ie, t):
     """One channel's kernel output at time t for W series: A + 3 (x_a + x_b + x_e) (offsets of the taps' rows)."""
     tw = t * W
-    return _load(AT, a0 + tw) + _splat(3.0) * (_load(xT, ia + tw) + _load(xT, ib + tw) + _load(xT, ie + tw))
+    return load(AT, a0 + tw) + splat(3.0) * (load(xT, ia + tw) + load(xT, ib + tw) + load(xT, ie + tw))
 
 
 @njit(fastmath=True, inline="always")
 def _bias(biases, f, q, nf):
     """Bias q of the kernel's nf (which start at feature f), in every lane; past nf one no output exceeds."""
-    return _splat(biases[f + q] if q < nf else _NEVER)
+    return splat(biases[f + q] if q < nf else _NEVER)
 
 
 @njit(fastmath=True, inline="always")
 def _ppv_conv1(AT, xT, a0, ia, ib, ie, lo, hi, biases, f, cnt):
     """One bias, counted while the output is computed (the output is never stored); counters to cnt[0:W]."""
-    b0, n0 = _splat(biases[f]), _zeros()
+    b0, n0 = splat(biases[f]), zeros()
     for t in range(lo, hi):
-        n0 = _count(n0, _conv_at(AT, xT, a0, ia, ib, ie, t), b0)
-    _store(cnt, 0, n0)
+        n0 = count_above(n0, _conv_at(AT, xT, a0, ia, ib, ie, t), b0)
+    store(cnt, 0, n0)
 
 
 @njit(fastmath=True, inline="always")
 def _ppv_conv2(AT, xT, a0, ia, ib, ie, lo, hi, biases, f, cnt):
     """Two biases, counted while the output is computed."""
-    b0, b1 = _splat(biases[f]), _splat(biases[f + 1])
-    n0, n1 = _zeros(), _zeros()
+    b0, b1 = splat(biases[f]), splat(biases[f + 1])
+    n0, n1 = zeros(), zeros()
     for t in range(lo, hi):
         v = _conv_at(AT, xT, a0, ia, ib, ie, t)
-        n0, n1 = _count(n0, v, b0), _count(n1, v, b1)
-    _store(cnt, 0, n0)
-    _store(cnt, W, n1)
+        n0, n1 = count_above(n0, v, b0), count_above(n1, v, b1)
+    store(cnt, 0, n0)
+    store(cnt, W, n1)
 
 
 @njit(fastmath=True, inline="always")
 def _ppv_conv3(AT, xT, a0, ia, ib, ie, lo, hi, biases, f, cnt):
     """Three biases, counted while the output is computed."""
-    b0, b1, b2 = _splat(biases[f]), _splat(biases[f + 1]), _splat(biases[f + 2])
-    n0, n1, n2 = _zeros(), _zeros(), _zeros()
+    b0, b1, b2 = splat(biases[f]), splat(biases[f + 1]), splat(biases[f + 2])
+    n0, n1, n2 = zeros(), zeros(), zeros()
     for t in range(lo, hi):
         v = _conv_at(AT, xT, a0, ia, ib, ie, t)
-        n0, n1, n2 = _count(n0, v, b0), _count(n1, v, b1), _count(n2, v, b2)
-    _store(cnt, 0, n0)
-    _store(cnt, W, n1)
-    _store(cnt, 2 * W, n2)
+        n0, n1, n2 = count_above(n0, v, b0), count_above(n1, v, b1), count_above(n2, v, b2)
+    store(cnt, 0, n0)
+    store(cnt, W, n1)
+    store(cnt, 2 * W, n2)
 
 
 @njit(fastmath=True, inline="always")
 def _ppv_conv4(AT, xT, a0, ia, ib, ie, lo, hi, biases, f, cnt):
     """Four biases, counted while the output is computed."""
-    b0, b1, b2, b3 = _splat(biases[f]), _splat(biases[f + 1]), _splat(biases[f + 2]), _splat(biases[f + 3])
-    n0, n1, n2, n3 = _zeros(), _zeros(), _zeros(), _zeros()
+    b0, b1, b2, b3 = splat(biases[f]), splat(biases[f + 1]), splat(biases[f + 2]), splat(biases[f + 3])
+    n0, n1, n2, n3 = zeros(), zeros(), zeros(), zeros()
     for t in range(lo, hi):
         v = _conv_at(AT, xT, a0, ia, ib, ie, t)
-        n0, n1, n2, n3 = _count(n0, v, b0), _count(n1, v, b1), _count(n2, v, b2), _count(n3, v, b3)
-    _store(cnt, 0, n0)
-    _store(cnt, W, n1)
-    _store(cnt, 2 * W, n2)
-    _store(cnt, 3 * W, n3)
+        n0, n1, n2, n3 = count_above(n0, v, b0), count_above(n1, v, b1), count_above(n2, v, b2), count_above(n3, v, b3)
+    store(cnt, 0, n0)
+    store(cnt, W, n1)
+    store(cnt, 2 * W, n2)
+    store(cnt, 3 * W, n3)
 
 
 @njit(fastmath=True, inline="always")
@@ -284,21 +174,21 @@ def _ppv_buf4(buf, lo, hi, biases, f, q, nf, cnt):
     """Biases q..q+3 of the kernel against its stored output buf[t] (t in [lo, hi)), one pass."""
     b0, b1, b2, b3 = _bias(biases, f, q, nf), _bias(biases, f, q + 1, nf), _bias(biases, f, q + 2, nf), \
         _bias(biases, f, q + 3, nf)
-    n0, n1, n2, n3 = _zeros(), _zeros(), _zeros(), _zeros()
+    n0, n1, n2, n3 = zeros(), zeros(), zeros(), zeros()
     for t in range(lo, hi):
-        v = _load(buf, t * W)
-        n0, n1, n2, n3 = _count(n0, v, b0), _count(n1, v, b1), _count(n2, v, b2), _count(n3, v, b3)
-    _store(cnt, q * W, n0)
-    _store(cnt, (q + 1) * W, n1)
-    _store(cnt, (q + 2) * W, n2)
-    _store(cnt, (q + 3) * W, n3)
+        v = load(buf, t * W)
+        n0, n1, n2, n3 = count_above(n0, v, b0), count_above(n1, v, b1), count_above(n2, v, b2), count_above(n3, v, b3)
+    store(cnt, q * W, n0)
+    store(cnt, (q + 1) * W, n1)
+    store(cnt, (q + 2) * W, n2)
+    store(cnt, (q + 3) * W, n3)
 
 
 @njit(cache=True, fastmath=True)
-def _mini_chunk(X, out, dils, nfpd, foff, biases, combos, nchs, c_off, chans, chunk, n_chunks):
-    """This chunk's share of the (dilation, block of W series) work items, every n_chunks-th of them in
-    dilation-major order (so each chunk gets a mix of cheap and costly dilations); every buffer is allocated
-    once here and reused by all of them."""
+def _mini_chunk(X, out, dils, nfpd, foff, biases, combos, nchs, c_off, chans, owner, chunk):
+    """This chunk's share of the (block of W series, dilation) work items, those with ``owner[item] == chunk``
+    (item = block * n_dilations + dilation; see ``_share_out``); every buffer is allocated once here and
+    reused by all of them."""
     n, C, L = X.shape
     ndil = dils.shape[0]
     maxd, maxnf = 1, 1
@@ -307,16 +197,17 @@ def _mini_chunk(X, out, dils, nfpd, foff, biases, combos, nchs, c_off, chans, ch
     P = 4 * maxd                         # zero padding on both sides of every channel's row
     LX = L + 2 * P
     nblk = (n + W - 1) // W
-    xT = np.zeros(C * LX * W, dtype=np.float32)   # the block, time-major: xT[((c * LX) + P + t) * W + lane]
-    AT = np.empty(C * L * W, dtype=np.float32)    # A = -(sum of the nine taps), per channel
-    buf = np.empty(L * W, dtype=np.float32)       # a kernel's output, when it is counted in several passes
-    cnt = np.empty((maxnf + 3) * W, dtype=np.int32)   # a kernel's counters, bias by bias
-    ppv = np.empty(W, dtype=np.float32)
+    xT = empty_lanes(C * LX * W, np.float32)      # the block, time-major: xT[((c * LX) + P + t) * W + lane]
+    xT[:] = 0.0
+    AT = empty_lanes(C * L * W, np.float32)       # A = -(sum of the nine taps), per channel
+    buf = empty_lanes(L * W, np.float32)          # a kernel's output, when it is counted in several passes
+    cnt = empty_lanes((maxnf + 3) * W, np.int32)  # a kernel's counters, bias by bias
+    ppv = empty_lanes(W, np.float32)
     blk_now = -1
     for item in range(ndil * nblk):
-        blk, di = item // ndil, item % ndil          # block by block: each block is transposed once
-        if (di * nblk + blk) % n_chunks != chunk:    # this chunk's share, dilations spread over the chunks
+        if owner[item] != chunk:
             continue
+        blk, di = item // ndil, item % ndil          # block by block: each block is transposed once per chunk
         s0 = blk * W
         ns = min(W, n - s0)
         if blk != blk_now:
@@ -329,10 +220,10 @@ def _mini_chunk(X, out, dils, nfpd, foff, biases, combos, nchs, c_off, chans, ch
         d = dils[di]
         for c in range(C):
             for t in range(L):
-                a = _load(xT, (c * LX + P + t - 4 * d) * W)
+                a = load(xT, (c * LX + P + t - 4 * d) * W)
                 for j in range(1, MINI_LENGTH):
-                    a = a + _load(xT, (c * LX + P + t + (j - 4) * d) * W)
-                _store(AT, (c * L + t) * W, _splat(0.0) - a)
+                    a = a + load(xT, (c * LX + P + t + (j - 4) * d) * W)
+                store(AT, (c * L + t) * W, splat(0.0) - a)
         nf = nfpd[di]
         for k in range(len(combos)):
             pair = di * len(combos) + k
@@ -358,20 +249,53 @@ def _mini_chunk(X, out, dils, nfpd, foff, biases, combos, nchs, c_off, chans, ch
                     a0, ia, ib, ie = c * L * W, (c * LX + P + ta) * W, (c * LX + P + tb) * W, (c * LX + P + te) * W
                     for t in range(lo, hi):
                         v = _conv_at(AT, xT, a0, ia, ib, ie, t)
-                        _store(buf, t * W, v if ci == 0 else v + _load(buf, t * W))
+                        store(buf, t * W, v if ci == 0 else v + load(buf, t * W))
                 for q in range(0, nf, 4):
                     _ppv_buf4(buf, lo, hi, biases, f, q, nf, cnt)
             for q in range(nf):
-                _store(ppv, 0, _share(_load(cnt, q * W), hi - lo))
+                store(ppv, 0, proportion(load(cnt, q * W), hi - lo))
                 for lane in range(ns):
                     out[s0 + lane, f + q] = ppv[lane]
 
 
 @njit(cache=True, parallel=True)
-def _mini_transform(X, out, dils, nfpd, foff, biases, combos, nchs, c_off, chans, n_chunks):
+def _mini_transform(X, out, dils, nfpd, foff, biases, combos, nchs, c_off, chans, owner, n_chunks):
     """``n_chunks`` chunks of work items (``_mini_chunk``) over the threads: one parallel region per call."""
     for chunk in prange(n_chunks):
-        _mini_chunk(X, out, dils, nfpd, foff, biases, combos, nchs, c_off, chans, chunk, n_chunks)
+        _mini_chunk(X, out, dils, nfpd, foff, biases, combos, nchs, c_off, chans, owner, chunk)
+
+
+@njit(cache=True)
+def _share_out(cost, nblk, n_chunks):
+    """The chunk of each work item (block, dilation): costliest dilations first, each item to the chunk with the
+    least work so far (longest-processing-time first), so the chunks end within one item's cost of each other."""
+    ndil = cost.shape[0]
+    order = np.argsort(-cost)
+    load = np.zeros(n_chunks)
+    owner = np.empty(ndil * nblk, dtype=np.int64)
+    for i in range(ndil):
+        di = order[i]
+        for blk in range(nblk):
+            c = np.argmin(load)
+            owner[blk * ndil + di] = c
+            load[c] += cost[di]
+    return owner
+
+
+def dilation_costs(L: int, dils, nfpd, nchs, C: int) -> np.ndarray:
+    """Vector operations for one block of series at each dilation, as ``_mini_chunk`` spends them: A (9 per
+    channel), then per kernel its convolution (8 per channel) and two per bias (compare and count; a stored
+    output costs a store per channel and a load per pass of four, and timing put such a pass at about 11),
+    over the points its PPV spans (every other kernel skips the 4d padded points at each end: at long
+    dilations that is most of the series). Estimated once per fit: to balance the chunks of a call."""
+    nk = len(MINI_COMBOS)
+    d = np.asarray(dils)[:, None]
+    di, k = np.arange(len(dils))[:, None], np.arange(nk)[None, :]
+    m = np.asarray(nchs).reshape(len(dils), nk)
+    nf = np.asarray(nfpd)[:, None]
+    span = np.where((di + k) % 2 == 1, np.maximum(L - 8 * d, 0), L)
+    per_step = np.where((m == 1) & (nf <= 4), 8 + 2 * nf, 10 * m + 11 * -(-nf // 4))
+    return 9.0 * C * L + (per_step * span).sum(axis=1)
 
 
 def _mini_conv_one(x, d, k, chans, c0, nch):
@@ -454,6 +378,7 @@ class MiniRocket(TransformerMixin, BaseEstimator):
         self.dilations_, self.features_per_dilation_, self.biases_ = dils, nfpd, biases
         self.bias_series_ = series
         self.nchs_, self.c_off_, self.chans_ = nchs, c_off, chans
+        self.work_per_dilation_ = dilation_costs(L, dils, nfpd, nchs, C)
         self.n_features_out_ = n_features
         return self
 
@@ -472,15 +397,20 @@ class MiniRocket(TransformerMixin, BaseEstimator):
         out = np.empty((X.shape[0], self.n_features_out_), dtype=np.float32)
         args = (X, out, self.dilations_, nfpd, foff, self.biases_, MINI_COMBOS, self.nchs_, self.c_off_, self.chans_)
         threads = n_threads(self.n_jobs)
-        items = len(self.dilations_) * -(-X.shape[0] // W)
+        nblk = -(-X.shape[0] // W)
+        items = len(self.dilations_) * nblk
         if threads == 1 or items == 1 or self.flops_per_series() * X.shape[0] < PARALLEL_MIN_WORK:
-            _mini_chunk(*args, 0, 1)     # no parallel region: nothing to wake, nothing to wait for
+            _mini_chunk(*args, np.zeros(items, dtype=np.int64), 0)   # no parallel region: nothing to wake or wait for
         else:
             # two chunks per thread: with one each, a call now and then ran as slowly as on one thread
             # (p90 1.5 ms against a median of 0.8 at 16 series of length 256 here), and such phases lasted
-            # long enough to set a benchmark's median; with two the p90 stayed within 10% of the median
+            # long enough to set a benchmark's median; with two the p90 stayed within 10% of the median.
+            # The chunks get equal estimated work: dilations differ several-fold in cost (the first one
+            # has the most biases, long ones skip most points), and a round-robin share left one
+            # thread with 60% of the work at length 1024
+            n_chunks = min(2 * threads, items)
             with numba_threads(threads):
-                _mini_transform(*args, min(2 * threads, items))
+                _mini_transform(*args, _share_out(self.work_per_dilation_, nblk, n_chunks), n_chunks)
         return out
 
     def flops_per_series(self) -> float:
