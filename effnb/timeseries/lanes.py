@@ -9,6 +9,10 @@ and by that CPU's name and features, so a build for one width is never loaded
 for the other. ``empty`` gives arrays whose lanes start on a register-sized
 boundary: Numba aligns its arrays to 32 bytes only, and with 16 lanes a load
 from such an array would straddle two cache lines.
+
+Numba's on-disk cache checks only the file of a cached kernel, not this one,
+whose code it inlines: after editing this module, touch ``minirocket.py`` (or
+delete its ``__pycache__``) so that its kernels compile again.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 // Shared by every kernel family: includes, input checks, the ISA path a build
-// runs, and the OpenMP thread count as the library sees it.
+// runs, the OpenMP thread count as the library sees it, and tuning choices made
+// per CPU vendor.
 //
 // Schemas live in Python (torch.library, with fake kernels); C++ files only
 // register implementations with TORCH_LIBRARY_IMPL(effnb, CPU, m).
@@ -10,6 +11,8 @@
 #include <omp.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -55,6 +58,16 @@ inline void check_cpu_contiguous(const at::Tensor& t, const char* op, const char
 inline void check_dtype(const at::Tensor& t, at::ScalarType want, const char* op, const char* name) {
   TORCH_CHECK(t.scalar_type() == want, op, ": ", name, " is ", t.scalar_type(), "; pass ", name,
               " as ", want);
+}
+
+// A tuning choice measured per CPU vendor (one code path faster on AMD, another on Intel), which
+// the environment can force for tests and A/B runs: `var` equal to `on` or `off` wins, else the
+// vendor default. The variable is read on every call, so a test can switch it inside one process.
+inline bool vendor_choice(const char* var, const char* on, const char* off, bool vendor_default) {
+  const char* force = std::getenv(var);
+  if (force && std::strcmp(force, on) == 0) return true;
+  if (force && std::strcmp(force, off) == 0) return false;
+  return vendor_default;
 }
 
 }  // namespace effnb

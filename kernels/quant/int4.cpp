@@ -372,10 +372,7 @@ void int4_a8_block_zmm(const Int4Args& A, int64_t row0, int64_t i0, float* py, i
 // Intel Xeon's tuning (per-row prefetch only) was not re-measured with it, so Intel keeps it off.
 bool next_block_ahead() {
   static const bool amd = __builtin_cpu_is("amd");
-  const char* force = std::getenv("EFFNB_W4A8_AHEAD");
-  if (force && std::strcmp(force, "1") == 0) return true;
-  if (force && std::strcmp(force, "0") == 0) return false;
-  return amd;
+  return vendor_choice("EFFNB_W4A8_AHEAD", "1", "0", amd);
 }
 
 // Threads over blocks of R rows (the last n % R one at a time); per block the rows' scales are

@@ -386,10 +386,7 @@ struct CsrRows {
 // 0.43 ms (16-wide). EFFNB_SPARSE_GATHER=16 or =8 forces one form (the tests run both).
 bool wide_gather() {
   static const bool intel = __builtin_cpu_is("intel");
-  const char* force = std::getenv("EFFNB_SPARSE_GATHER");
-  if (force && std::strcmp(force, "16") == 0) return true;
-  if (force && std::strcmp(force, "8") == 0) return false;
-  return intel;
+  return effnb::vendor_choice("EFFNB_SPARSE_GATHER", "16", "8", intel);
 }
 
 // The 16-wide form: the row is one 16-wide gather after another, four in flight (four
