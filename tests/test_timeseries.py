@@ -150,7 +150,8 @@ def test_minirocket_avx2_path_on_any_cpu(tmp_path):
 
 def test_share_out_gives_every_item_one_chunk_and_balances_the_work():
     from effnb.timeseries import minirocket
-    cost = np.array([19.0, 12.0, 4.0, 8.0] + [4.0] * 17 + [1.0] * 4)   # a length-1024 profile: first dilations cost most
+    # a length-1024 profile: the first dilations cost most
+    cost = np.array([19.0, 12.0, 4.0, 8.0] + [4.0] * 17 + [1.0] * 4)
     for nblk, chunks in [(1, 4), (3, 4), (65, 4), (2, 3)]:
         owner = minirocket._share_out(cost, nblk, chunks)
         assert owner.shape == (nblk * len(cost),) and owner.min() >= 0 and owner.max() < chunks
