@@ -221,14 +221,9 @@ class Result:
 ROOFS = {"read_gbps": ("read", "GB/s"), "peak_gflops": ("compute", "GFLOP/s"), "int8_gops": ("int8", "GOP/s")}
 
 
-def _over(rates, limits: dict) -> dict:
-    """limits key -> (the fastest rate above that roof, who ran it), for each roof some rate beats."""
-    worst = {}
-    for key, rate, who in rates:
-        roof = limits.get(key)
-        if roof and rate == rate and rate > float(roof) and rate > worst.get(key, (0.0, ""))[0]:
-            worst[key] = (float(rate), who)
-    return worst
+def _above(rates, limits: dict) -> list[tuple[str, float, str]]:
+    """The rates that beat their roof (a roof missing from ``limits`` holds nothing)."""
+    return [(k, r, w) for k, r, w in rates if limits.get(k) and r == r and r > float(limits[k])]
 
 
 def settle_rates(rates, limits: dict, reprobe) -> tuple[dict, str, dict]:
@@ -242,18 +237,18 @@ def settle_rates(rates, limits: dict, reprobe) -> tuple[dict, str, dict]:
     happened, ``info`` who ran over, whether a probe was taken and which roofs were lifted to what.
     """
     rates = [(k, float(r), str(w)) for k, r, w in rates]
-    over = [(w, 100.0 * r / float(limits[k])) for k, r, w in rates if limits.get(k) and r > float(limits[k])]
-    info = {"over": list(dict.fromkeys(w for w, _ in over)), "reprobed": False, "lifted": {}}
+    over = _above(rates, limits)
+    info = {"over": list(dict.fromkeys(w for _, _, w in over)), "reprobed": False, "lifted": {}}
     if not over:
         return dict(limits), "No kernel ran above its roof: the probes bound every measurement of this run.", info
     first = (f"The first probe came out too low, so a roof was wrong: {', '.join(info['over'])} ran above it "
-             f"(up to {max(p for _, p in over):.0f}%)")
+             f"(up to {max(100.0 * r / float(limits[k]) for k, r, _ in over):.0f}%)")
     probe = dict(reprobe())
     info["reprobed"], info["probe"] = True, probe
     keys = {k for k, _, _ in rates} | {"read_gbps", "peak_gflops"}
     limits = {**limits, **probe, **{k: max(float(limits[k]), float(probe[k])) for k in keys
                                     if limits.get(k) is not None and probe.get(k) is not None}}
-    for key, (rate, who) in _over(rates, limits).items():
+    for key, rate, who in sorted(_above(rates, limits), key=lambda a: a[1]):   # the fastest per roof last
         limits[key] = rate
         info["lifted"][key] = (rate, who)
     count = limits.get("probe_count", "?")
