@@ -69,6 +69,23 @@ def test_bad_scheme_is_a_clear_error(bad):
         Q.parse_scheme(bad)
 
 
+def test_int8_panels_roundtrip_and_layout():
+    """to_panels: code q[n, k] + 128 at panel n // 32, byte ((k // 4) * 32 + n % 32) * 4 + k % 4; the last
+    panel padded with zero codes; int8_rows and dequantize read either layout back; only int8 rows qualify."""
+    p = Q.quantize(torch.randn(37, 100), "w8a8")
+    pp = Q.to_panels(p)
+    assert pp.layout == "panels" and pp.q.dtype == torch.uint8 and tuple(pp.q.shape) == (2, 32 * p.kp)
+    for n, k in [(0, 0), (5, 7), (36, 99), (33, 64)]:
+        assert int(pp.q[n // 32, ((k // 4) * 32 + n % 32) * 4 + k % 4]) == int(p.q[n, k]) + 128
+    assert int(pp.q[1, (3 * 32 + 10) * 4 + 1]) == 128  # row 42 of 37: padding
+    assert torch.equal(Q.int8_rows(pp), p.q) and torch.equal(Q.dequantize(pp), Q.dequantize(p))
+    assert torch.equal(pp.clone().q, pp.q) and pp.clone().layout == "panels"
+    for bad in (pp, Q.quantize(torch.randn(4, 64), "w4a8-g32")):
+        with pytest.raises(ValueError, match="to_panels takes an int8 weight in rows"):
+            Q.to_panels(bad)
+    assert Q.prepack(Q.quantize(torch.randn(4, 64), "w8a16")).layout == "rows"  # W8A16 reads rows
+
+
 def test_pack_roundtrip():
     u = torch.randint(0, 16, (5, 192), dtype=torch.uint8)
     assert torch.equal(Q.unpack_int4(Q.pack_int4(u)), u)
@@ -108,10 +125,16 @@ def kernel_vs_reference(m, n, k, seed, pack, run, ref):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(m=st.integers(1, 9), n=st.integers(1, 40), k=st.integers(1, 300), scheme=st.sampled_from(SCHEMES),
-       seed=st.integers(0, 999))
-def test_linear_matches_reference(quant_ops, m, n, k, scheme, seed):
-    kernel_vs_reference(m, n, k, seed, lambda w: Q.quantize(w, scheme), Q.linear, Q.linear_ref)
+@given(m=st.integers(1, 40), n=st.integers(1, 40), k=st.integers(1, 300), scheme=st.sampled_from(SCHEMES),
+       seed=st.integers(0, 999), prepacked=st.booleans())
+def test_linear_matches_reference(quant_ops, m, n, k, scheme, seed, prepacked):
+    """prepacked: the layout this build reads fastest (W8A8 panels on AVX-512 VNNI), as QuantLinear uses it."""
+    kernel_vs_reference(m, n, k, seed, lambda w: packed(w, scheme, prepacked), Q.linear, Q.linear_ref)
+
+
+def packed(w, scheme, prepacked=False):
+    p = Q.quantize(w, scheme)
+    return Q.prepack(p) if prepacked else p
 
 
 @pytest.mark.parametrize("scheme", ["w8a8", "w4a8-g64", "w4a8-g32", "w4a16-g128-asym", "w8a16"])
@@ -166,18 +189,42 @@ def test_w4a8_one_token_with_and_without_the_block_ahead(quant_ops, monkeypatch,
         kernel_vs_reference(1, n, 2100, n, lambda w: Q.quantize(w, "w4a8-g128"), Q.linear, Q.linear_ref)
 
 
+@pytest.mark.parametrize("prepacked", [False, True], ids=["rows", "prepacked"])
 @pytest.mark.parametrize("k", [333, 4096 + 32, 64])
 @pytest.mark.parametrize("m", [1, 5, 6, 7, 13, 64])
-def test_w8a8_tiles(quant_ops, k, m):
+def test_w8a8_tiles(quant_ops, k, m, prepacked):
     """The W8A8 kernel's branches on purpose: on AVX-512 VNNI, blocks of 4 rows (N = 37 leaves a lone
     last row) against tiles of 6 tokens and a remainder of 1-5, and a last 64-byte step that holds only 32
     bytes (K padded to 4096 + 32); on AVX2, rows against tiles of up to 4 tokens. Saturated int8 codes
-    (huge x, |w|) check the sign-bit flip and the 128 x code-sum correction."""
-    kernel_vs_reference(m, 37, k, m, lambda w: Q.quantize(w, "w8a8"), Q.linear, Q.linear_ref)
+    (huge x, |w|) check the sign-bit flip and the 128 x code-sum correction. Prepacked: on AVX-512 VNNI the
+    panel kernel at every M (token tiles of 1..8, a partial last panel, a last chunk of 32 weights); elsewhere
+    prepack keeps rows."""
+    kernel_vs_reference(m, 37, k, m, lambda w: packed(w, "w8a8", prepacked), Q.linear, Q.linear_ref)
     g = torch.Generator().manual_seed(k)
     w, x = torch.randn(37, k, generator=g).sign(), torch.randn(m, k, generator=g).sign() * 1e3
-    p = Q.quantize(w, "w8a8")
+    p = packed(w, "w8a8", prepacked)
+    assert p.layout == ("panels" if prepacked and Q.w8a8_layout() == "panels" else "rows")
     assert float((Q.linear(x, p) - Q.linear_ref(x, p)).abs().max()) <= 1e-5 * scale_of(x, w)
+
+
+def test_w8a8_layout_follows_the_build(quant_ops):
+    """Panels exactly where the build runs AVX-512 VNNI (panel.h); a panel weight on a rows build is a clear
+    error, and a malformed one on a panels build too."""
+    want = "panels" if Q.backend() == "cpp-avx512-vnni" else "rows"
+    print(f"W8A8 layout of this build ({Q.backend()}): {Q.w8a8_layout()}")
+    assert Q.w8a8_layout() == want
+    p = Q.to_panels(Q.quantize(torch.randn(40, 96), "w8a8"))
+    x = torch.randn(3, 96)
+    if want == "rows":
+        with pytest.raises(RuntimeError, match="prepack"):
+            quant_ops.quant_w8_linear(x, p.q, p.scales, True)
+        return
+    with pytest.raises(RuntimeError, match="panel weights are for W8A8"):
+        quant_ops.quant_w8_linear(x, p.q, p.scales, False)
+    with pytest.raises(RuntimeError, match=r"ceil\(N/32\)"):
+        quant_ops.quant_w8_linear(x, p.q, p.scales[:32], True)
+    with pytest.raises(RuntimeError, match=r"ceil\(N/32\)"):
+        quant_ops.quant_w8_linear(x, p.q[:, :-32].contiguous(), p.scales, True)
 
 
 @pytest.mark.parametrize("scheme", ["w8a8", "w4a8-g32", "w4a8-g96-asym", "w4a8-g128", "w4a8-g1024-asym"])
@@ -189,15 +236,20 @@ def test_batched_column_panels(quant_ops, scheme, m):
     ends in a short chunk (g96: chunks of 960, a group flushed mid-block pair; g1024: one group per
     chunk). Other builds run it as a check of their own kernels."""
     kernel_vs_reference(m, 100, 2100, m, lambda w: Q.quantize(w, scheme), Q.linear, Q.linear_ref)
+    if scheme == "w8a8":  # the same read from panels packed once
+        kernel_vs_reference(m, 100, 2100, m, lambda w: packed(w, scheme, True), Q.linear, Q.linear_ref)
 
 
-def test_batched_w8a8_survives_int32_wraparound(quant_ops):
+@pytest.mark.parametrize("prepacked", [False, True], ids=["rows", "prepacked"])
+def test_batched_w8a8_survives_int32_wraparound(quant_ops, prepacked):
     """Every weight and activation at the top code: a panel lane's flipped sum 255 * 127 * K passes 2^31
     from K ~ 66,000 and wraps; the kernel must still return the exact dot product (it fits in int32)."""
     for k in (70_000, 131_008):
-        w, x = torch.ones(32, k), torch.ones(16, k)
-        p = Q.quantize(w, "w8a8")
-        assert torch.allclose(Q.linear(x, p), Q.linear_ref(x, p), rtol=1e-5), k
+        w = torch.ones(32, k)
+        p = packed(w, "w8a8", prepacked)
+        for m in (1, 16):
+            x = torch.ones(m, k)
+            assert torch.allclose(Q.linear(x, p), Q.linear_ref(x, p), rtol=1e-5), (k, m)
 
 
 # ---------------------------------------------------------------- ternary and binary weights (chapter 03)
@@ -440,7 +492,9 @@ def op_case(case: str):
     if case == "dgq":
         p = Q.dgq_pack(w, 64)
         return "quant_dgq_linear", (x, p.q, p.kint, p.scale, p.group)
-    p = Q.quantize(w, case)
+    p = Q.quantize(w, case.removesuffix("-panels"))
+    if case.endswith("-panels"):
+        p = Q.to_panels(p)
     if p.scheme.kind:
         return f"quant_{p.scheme.kind}_linear", (x, p.q, p.scales)
     if p.scheme.wbits == 8:
@@ -448,15 +502,17 @@ def op_case(case: str):
     return "quant_w4_linear", (x, p.q, p.scales, p.zeros, p.group, p.scheme.a8)
 
 
-@pytest.mark.parametrize("case", ["w8a16", "w8a8", "w4a16-g64-asym", "w4a8-g32", "dgq", "w2a8-ternary",
-                                  "w1a4-binary"])
+@pytest.mark.parametrize("case", ["w8a16", "w8a8", "w8a8-panels", "w4a16-g64-asym", "w4a8-g32", "dgq",
+                                  "w2a8-ternary", "w1a4-binary"])
 def test_opcheck(quant_ops, case):
     """Schema, fake kernel (shape and dtype under FakeTensor and dynamic shapes) and the C++ kernel agree."""
+    if case.endswith("-panels") and Q.w8a8_layout() != "panels":
+        case = "w8a8"  # this build reads rows only (the ISA reruns must not skip)
     name, args = op_case(case)
     torch.library.opcheck(getattr(quant_ops, name).default, args)
 
 
-@pytest.mark.parametrize("case", ["w8a8", "w4a16-g64-asym", "dgq", "w2a8-ternary", "w1a4-binary"])
+@pytest.mark.parametrize("case", ["w8a8", "w8a8-panels", "w4a16-g64-asym", "dgq", "w2a8-ternary", "w1a4-binary"])
 def test_fake_kernels_need_no_build(case):
     """The schemas and fake kernels live in Python: shapes propagate even where nothing is compiled."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -473,9 +529,11 @@ def test_fallback_path_equals_reference(monkeypatch):
     w = torch.randn(9, 70)
     p, pd_ = Q.quantize(w, "w4a8-g32"), Q.dgq_pack(torch.randn(9, 130), 64)
     x, xd = torch.randn(3, 70), torch.randn(3, 130)
+    p8 = Q.to_panels(Q.quantize(w, "w8a8"))
     monkeypatch.setattr(Q.ops, "available", lambda: False)
     assert Q.backend() == "torch-fallback" and Q.backend_of("w4a8") == "torch-fallback"
     assert torch.equal(Q.linear(x, p), Q.linear_ref(x, p))
+    assert Q.w8a8_layout() == "rows" and torch.equal(Q.linear(x, p8), Q.linear_ref(x, p8))
     assert torch.equal(Q.dgq_linear(xd, pd_), Q.dgq_linear_ref(xd, pd_))
     assert Q.linear(torch.randn(0, 70), p).shape == (0, 9)  # an empty batch, as the kernel allows
 
@@ -491,7 +549,8 @@ def test_backend_is_decided_once(monkeypatch):
 KERNEL_TESTS = ["test_the_path_under_test", "test_linear_matches_reference", "test_linear_awkward_and_batched",
                 "test_low_bit_kernels_match_reference", "test_low_bit_awkward_shapes", "test_low_bit_saturated",
                 "test_low_bit_ops_reject_wrong_tensors", "test_binary_popcount_path", "test_w8a8_tiles", "test_int8_peak_probe_computes_its_sums", "test_w4a8_register_tiles", "test_w4a8_small_batches_and_long_groups", "test_dgq_register_tiles", "test_dgq_kernel_matches_reference",
-                "test_dgq_kernel_batched_and_bad_inputs", "test_cpp_op_rejects_wrong_tensors", "test_opcheck"]
+                "test_dgq_kernel_batched_and_bad_inputs", "test_cpp_op_rejects_wrong_tensors", "test_opcheck",
+                "test_w8a8_layout_follows_the_build", "test_batched_w8a8_survives_int32_wraparound"]
 
 
 @pytest.mark.skipif(ext.compiler() is None, reason="no C++ compiler: only the fallback runs here")

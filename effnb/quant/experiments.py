@@ -199,7 +199,7 @@ def peer_factories(group: int = 128, ours=OURS, peers=True, threads: int | None 
 
         def ours_f(size, scheme=scheme):
             m, n, k = size
-            p = once((scheme, n, k), lambda: random_packed(scheme, n, k)).clone()
+            p = once((scheme, n, k), lambda: ops.prepack(random_packed(scheme, n, k))).clone()
             x = x_of(m, k)
             return lambda: ops.linear(x, p)
         out[key] = ours_f

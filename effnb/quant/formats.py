@@ -89,6 +89,7 @@ class Packed(_WeightBytes):
                                # [N, kp/8] (binary)
     scales: torch.Tensor       # fp32 [N] (int8, ternary, binary) or fp16 [N, kp/group] (int4)
     zeros: torch.Tensor        # uint8 [N, kp/group], empty when symmetric
+    layout: str = "rows"       # int8 only: "panels" is q as :func:`to_panels` packs it
 
     def parts(self) -> tuple:
         return self.q, self.scales, self.zeros
@@ -96,7 +97,7 @@ class Packed(_WeightBytes):
     def clone(self) -> "Packed":
         """A copy with its own storage (a cold benchmark needs distinct bytes per copy)."""
         return Packed(self.scheme, self.n, self.k, self.kp, self.group, self.q.clone(), self.scales.clone(),
-                      self.zeros.clone())
+                      self.zeros.clone(), self.layout)
 
 
 @dataclass
@@ -201,6 +202,30 @@ def pack_int4(u: torch.Tensor) -> torch.Tensor:
     return (b[:, :, 0, :] | (b[:, :, 1, :] << 4)).reshape(n, kp // 2).contiguous()
 
 
+PANEL = 32   # output columns per panel of an int8 weight in the "panels" layout
+
+
+def to_panels(p: Packed) -> Packed:
+    """An int8 weight in the layout the AVX-512 W8A8 kernel reads in place (kernels/quant/panel.h),
+    packed once here instead of on every call: panel j holds rows 32j..32j+31 (the last padded with
+    zero rows) as [Kp/4][32][4] bytes, each code + 128 (the unsigned side of vpdpbusd)."""
+    if p.scheme.wbits != 8 or p.scheme.kind or p.layout != "rows":
+        raise ValueError(f"to_panels takes an int8 weight in rows (w8a16 or w8a8), got {p.scheme} in {p.layout}")
+    npan = -(-p.n // PANEL)
+    q = torch.nn.functional.pad(p.q, (0, 0, 0, npan * PANEL - p.n)).view(npan, PANEL, p.kp // 4, 4)
+    u = (q.permute(0, 2, 1, 3).to(torch.int16) + 128).to(torch.uint8)
+    return Packed(p.scheme, p.n, p.k, p.kp, p.group, u.reshape(npan, PANEL * p.kp).contiguous(), p.scales,
+                  p.zeros, "panels")
+
+
+def int8_rows(p: Packed) -> torch.Tensor:
+    """The int8 codes [N, Kp] of an int8 weight in either layout."""
+    if p.layout == "rows":
+        return p.q
+    u = p.q.view(-1, p.kp // 4, PANEL, 4).permute(0, 2, 1, 3).reshape(-1, p.kp)[:p.n]
+    return (u.to(torch.int16) - 128).to(torch.int8)
+
+
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`pack_int4`."""
     n, half = packed.shape
@@ -279,7 +304,7 @@ def dequantize(p: Packed) -> torch.Tensor:
     elif p.scheme.kind == "binary":
         w = (unpack_bits(p.q).float() * 2.0 - 1.0) * p.scales[:, None]
     elif p.scheme.wbits == 8:
-        w = p.q.float() * p.scales[:, None]
+        w = int8_rows(p).float() * p.scales[:, None]
     else:
         u = unpack_int4(p.q).float().reshape(p.n, p.kp // p.group, p.group)
         z = p.zeros.float()[..., None] if p.zeros.numel() else 8.0

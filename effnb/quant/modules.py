@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .formats import Packed, Scheme, dequantize, parse_scheme, quantize
-from .ops import linear
+from .ops import linear, prepack
 from .reference import fake_linear, quantize_acts
 
 KERNEL_MAX_M = 64   # tokens per call up to which QuantLinear runs the kernel (a GEMV-like product)
@@ -22,7 +22,7 @@ class QuantLinear(torch.nn.Module):
 
     def __init__(self, p: Packed, bias: torch.Tensor | None, kernel_max_m: int = KERNEL_MAX_M):
         super().__init__()
-        self.p = p
+        self.p = prepack(p)
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().float().clone(), requires_grad=False)
         self.kernel_max_m = kernel_max_m
         self._w = None

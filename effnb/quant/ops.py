@@ -10,12 +10,13 @@ from __future__ import annotations
 import torch
 
 from .. import ext
-from .formats import DGQPacked, Packed
+from .formats import DGQPacked, Packed, to_panels
 from .reference import dgq_linear_ref, linear_ref, prep_x
 
 FAMILY = "quant"
 SCHEMAS = {  # x is fp32 [M, K]; every op returns fp32 [M, N], N the weight's rows
     "quant_w8_linear": "(Tensor x, Tensor q, Tensor scales, bool a8) -> Tensor",
+    "quant_w8_layout": "(Tensor probe) -> str",   # the W8A8 weight layout of this build: panels or rows
     "quant_w4_linear": "(Tensor x, Tensor packed, Tensor scales, Tensor zeros, int group, bool a8) -> Tensor",
     "quant_dgq_linear": "(Tensor x, Tensor packed, Tensor kint, Tensor scale, int group) -> Tensor",
     "quant_peak_int8": "(Tensor(a!) out, int iters) -> ()",      # kernels/quant/peak.cpp
@@ -37,7 +38,7 @@ def _declare() -> None:
     if FAMILY in ext._libraries:
         return
     ext.declare(FAMILY, SCHEMAS)
-    torch.library.register_fake("effnb::quant_w8_linear")(lambda x, q, scales, a8: _output(x, q))
+    torch.library.register_fake("effnb::quant_w8_linear")(lambda x, q, scales, a8: _output(x, scales))
     torch.library.register_fake("effnb::quant_w4_linear")(
         lambda x, packed, scales, zeros, group, a8: _output(x, packed))
     torch.library.register_fake("effnb::quant_dgq_linear")(
@@ -86,6 +87,22 @@ def linear(x: torch.Tensor, p: Packed) -> torch.Tensor:
     else:
         y = ops.quant_w4_linear(x2, p.q, p.scales, p.zeros, p.group, p.scheme.a8)
     return y.reshape(*lead, p.n)
+
+
+def w8a8_layout() -> str:
+    """The int8 weight layout this build's W8A8 kernel reads fastest: ``panels`` (AVX-512 VNNI: 32 output
+    columns by 4 weights, packed once by :func:`prepack`) or ``rows`` (every other path, and the reference)."""
+    return torch.ops.effnb.quant_w8_layout(torch.empty(0)) if available() else "rows"
+
+
+def prepack(p: Packed) -> Packed:
+    """``p`` in the layout this build's kernel reads fastest, packed once (fbgemm's prepacking, done at load):
+    a W8A8 weight becomes panels where :func:`w8a8_layout` says so; anything else comes back as it is."""
+    if not isinstance(p, Packed):
+        raise TypeError("p must come from effnb.quant.quantize(weight, scheme)")
+    if p.scheme.wbits == 8 and p.scheme.a8 and not p.scheme.kind and p.layout == "rows" and w8a8_layout() == "panels":
+        return to_panels(p)
+    return p
 
 
 def binary_path() -> str:

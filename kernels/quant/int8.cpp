@@ -226,6 +226,28 @@ void w8a8_blocks(const Int8Args& A, const int32_t* xsum, int64_t m, int64_t n, f
 
 at::Tensor quant_w8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, bool a8) {
   constexpr const char* op = "quant_w8_linear";
+#if EFFNB_Q4_ZMM
+  if (q.scalar_type() == at::kByte) {  // panels (quant_w8_panels)
+    TORCH_CHECK(a8, op, ": panel weights are for W8A8");
+    check_tensor(q, at::kByte, op, "q");
+    check_tensor(scales, at::kFloat, op, "scales");
+    TORCH_CHECK(q.dim() == 2 && scales.dim() == 1, op, ": panel q must be [ceil(N/32), 32 Kp], scales [N]");
+    const int64_t n = scales.numel(), kp = q.size(1) / panel::kCols;
+    TORCH_CHECK(q.size(0) == (n + panel::kCols - 1) / panel::kCols && q.size(1) % (32 * panel::kCols) == 0, op,
+                ": panel q must be [ceil(N/32), 32 Kp] with Kp a multiple of 32 (N = ", n, " scales)");
+    TORCH_CHECK(kp < (int64_t{1} << 17), op, ": K=", kp, " is too long for int32 accumulation");
+    at::Tensor y = output_for(x, kp, n, op);
+    const int64_t m = x.size(0);
+    if (m == 0 || n == 0) return y;
+    const Acts act = prepare_acts(x, kp, kp, true);
+    panel::run(panel::W8A8Panels{{reinterpret_cast<const int8_t*>(q.data_ptr<uint8_t>()), scales.data_ptr<float>(), kp, n,
+                                  act.xq.data(), act.xs.data(), act.xsum.data()}},
+               m, n, y.data_ptr<float>());
+    return y;
+  }
+#endif
+  TORCH_CHECK(q.scalar_type() == at::kChar || !a8, op, ": q is ", q.scalar_type(), ", and panels (uint8) need a build ",
+              "whose quant_w8_layout() is \"panels\"; pass int8 rows (effnb.quant.ops.prepack knows which)");
   check_tensor(q, at::kChar, op, "q");
   check_tensor(scales, at::kFloat, op, "scales");
   TORCH_CHECK(q.dim() == 2 && q.size(1) % 32 == 0, op, ": q must be [N, Kp] with Kp a multiple of 32");
@@ -257,5 +279,7 @@ at::Tensor quant_w8_linear(const at::Tensor& x, const at::Tensor& q, const at::T
   });
   return y;
 }
+
+std::string quant_w8_layout(const at::Tensor& /*probe*/) { return EFFNB_Q4_ZMM ? "panels" : "rows"; }
 
 }  // namespace effnb::quant

@@ -9,12 +9,15 @@
 //   acc[token][16 columns] += pan[k/4][16 columns][4 bytes] . broadcast(x[token][k..k+3])
 //
 // so one 64-byte weight vector serves kRows tokens and one 4-byte broadcast two column halves.
-// The packed weights are row-major (their format serves M = 1, where one row after another
-// streams fastest), so each call repacks a chunk of 32 columns x kChunk weights at a time into
-// this layout (16 x 16 dword transposes; int4 codes unpacked to bytes on the way) and runs
-// every token against it while it sits in L1, asking for the next chunk's rows into L2 as it goes.
-// The repack is paid once per weight and call, shared by all M tokens: the path starts at
-// EFFNB_QP_MMIN = 16 tokens (at 4 to 12 the row kernels measured as fast or faster). The 8 x 2
+// Row-major weights (int4, and int8 as quantize() packs it) are repacked on every call, a chunk
+// of 32 columns x kChunk weights at a time (16 x 16 dword transposes; int4 codes unpacked to bytes
+// on the way); every token runs against the chunk while it sits in L1, and the next chunk's rows
+// are asked into L2 as it goes. That repack is paid once per weight and call, shared by all M
+// tokens: for rows the path starts at EFFNB_QP_MMIN = 16 tokens (at 4 to 12 the row kernels
+// measured as fast or faster). int8 weights packed once into this layout (W8A8Panels, what
+// effnb.quant.prepack makes on these builds) are read in place, one contiguous stream per panel,
+// at every M: on the Zen 5 of chapter 02 that beat the row kernels at M = 1 and 4 as well as the
+// per-call repack at 16 and 64. The 8 x 2
 // register tile alone ran at 87% of vpdpbusd's register-only rate on the Xeon of chapter 02;
 // whole calls at M = 64 reach ~55-60% (transposes, L2 traffic, the tile changes).
 //
@@ -162,25 +165,24 @@ void run(const F& codes, int64_t m, int64_t n, float* py) {
         std::fill(tile.begin(), tile.end(), typename F::Acc{0});
         for (int64_t k0 = 0; k0 < f.kp; k0 += chunk) {
           const int64_t len = std::min(chunk, f.kp - k0);
-          f.repack(c0, k0, len, pan.data());
+          const uint8_t* cp = f.chunk(c0, k0, len, pan.data());
           // the chunk after this one: further along K, else the next panel of this grab
           Prefetch pf;
           const int64_t nk = k0 + chunk < f.kp ? k0 + chunk : 0, nc = nk ? c0 : c0 + kCols;
           if (nk || p + 1 < p1) {
             f.source(nc, nk, std::min(chunk, f.kp - nk), pf);
-            pf.rows_left = std::min<int64_t>(kCols, n - nc);
             pf.per = static_cast<int>((pf.rows_left * (pf.bytes / 64) + steps - 1) / steps);
           }
           for (int64_t i0 = 0; i0 < m; i0 += kRows) {
             switch (std::min<int64_t>(kRows, m - i0)) {
-              case 1: tile_rows<1>(f, st, pan.data(), i0, k0, len, tile.data(), pf); break;
-              case 2: tile_rows<2>(f, st, pan.data(), i0, k0, len, tile.data(), pf); break;
-              case 3: tile_rows<3>(f, st, pan.data(), i0, k0, len, tile.data(), pf); break;
-              case 4: tile_rows<4>(f, st, pan.data(), i0, k0, len, tile.data(), pf); break;
-              case 5: tile_rows<5>(f, st, pan.data(), i0, k0, len, tile.data(), pf); break;
-              case 6: tile_rows<6>(f, st, pan.data(), i0, k0, len, tile.data(), pf); break;
-              case 7: tile_rows<7>(f, st, pan.data(), i0, k0, len, tile.data(), pf); break;
-              default: tile_rows<8>(f, st, pan.data(), i0, k0, len, tile.data(), pf); break;
+              case 1: tile_rows<1>(f, st, cp, i0, k0, len, tile.data(), pf); break;
+              case 2: tile_rows<2>(f, st, cp, i0, k0, len, tile.data(), pf); break;
+              case 3: tile_rows<3>(f, st, cp, i0, k0, len, tile.data(), pf); break;
+              case 4: tile_rows<4>(f, st, cp, i0, k0, len, tile.data(), pf); break;
+              case 5: tile_rows<5>(f, st, cp, i0, k0, len, tile.data(), pf); break;
+              case 6: tile_rows<6>(f, st, cp, i0, k0, len, tile.data(), pf); break;
+              case 7: tile_rows<7>(f, st, cp, i0, k0, len, tile.data(), pf); break;
+              default: tile_rows<8>(f, st, cp, i0, k0, len, tile.data(), pf); break;
             }
           }
         }
@@ -213,8 +215,9 @@ struct W8A8 {
   void begin(Panel& st, int64_t c0) const { st.c0 = c0; }
   void source(int64_t c0, int64_t k0, int64_t len, Prefetch& pf) const {
     pf.row = reinterpret_cast<const uint8_t*>(w) + c0 * kp + k0, pf.stride = kp, pf.bytes = len;
+    pf.rows_left = std::min<int64_t>(kCols, n - c0);
   }
-  void repack(int64_t c0, int64_t k0, int64_t len, uint8_t* pan) const {
+  const uint8_t* chunk(int64_t c0, int64_t k0, int64_t len, uint8_t* pan) const {
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
     for (int h = 0; h < 2; ++h)
       for (int64_t kk = 0; kk < len; kk += 64) {
@@ -224,6 +227,7 @@ struct W8A8 {
                             _mm512_storeu_si512(pan + (kk / 4 + j) * 128 + 64 * h, _mm512_xor_si512(v, flip));
                           });
       }
+    return pan;
   }
   template <int MR>
   void flush(Panel&, int64_t, int64_t, __m512i (&acc)[MR][2], int32_t* tile) const {
@@ -240,6 +244,16 @@ struct W8A8 {
     const uint32_t dot = static_cast<uint32_t>(sum) - 128u * static_cast<uint32_t>(xsum[i]);
     return scales[st.c0 + c] * xs[i] * static_cast<float>(static_cast<int32_t>(dot));
   }
+};
+
+// int8 weights packed once into panels (quant_w8_panels): panel p holds columns 32p..32p+31 as
+// [Kp/4][32][4] bytes, sign bits flipped, so a chunk is a contiguous run the kernel reads in place.
+struct W8A8Panels : W8A8 {
+  const uint8_t* base() const { return reinterpret_cast<const uint8_t*>(w); }
+  void source(int64_t c0, int64_t k0, int64_t len, Prefetch& pf) const {
+    pf.row = base() + c0 * kp + k0 * kCols, pf.stride = 0, pf.bytes = len * kCols, pf.rows_left = 1;
+  }
+  const uint8_t* chunk(int64_t c0, int64_t k0, int64_t, uint8_t*) const { return base() + c0 * kp + k0 * kCols; }
 };
 
 // int4 codes [N][Kp/2] (quant.h's nibble layout), fp16 scales and optional zeros per group of
@@ -261,6 +275,7 @@ struct W4A8 {
   int64_t group() const { return g; }
   void source(int64_t c0, int64_t k0, int64_t len, Prefetch& pf) const {
     pf.row = w + (c0 * kp + k0) / 2, pf.stride = kp / 2, pf.bytes = len / 2;
+    pf.rows_left = std::min<int64_t>(kCols, n - c0);
   }
   void begin(Panel& st, int64_t c0) const {
     st.sw.assign(ng * kCols, 0.0f);
@@ -274,7 +289,7 @@ struct W4A8 {
   }
   // a 64-byte slice of a row is two 64-weight blocks: dword j holds weights 4j'..4j'+3 of block
   // j / 8 (j' = j % 8) in its low nibbles and 32 + 4j'.. in its high ones
-  void repack(int64_t c0, int64_t k0, int64_t len, uint8_t* pan) const {
+  const uint8_t* chunk(int64_t c0, int64_t k0, int64_t len, uint8_t* pan) const {
     const __m512i low = _mm512_set1_epi8(0x0F);
     for (int h = 0; h < 2; ++h)
       for (int64_t kk = 0; kk < len; kk += 128) {
@@ -287,6 +302,7 @@ struct W4A8 {
                                                 _mm512_and_si512(_mm512_srli_epi16(v, 4), low));
                           });
       }
+    return pan;
   }
   template <int MR>
   void flush(Panel& st, int64_t i0, int64_t gi, __m512i (&acc)[MR][2], float* tile) const {
