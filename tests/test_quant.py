@@ -69,21 +69,35 @@ def test_bad_scheme_is_a_clear_error(bad):
         Q.parse_scheme(bad)
 
 
-def test_int8_panels_roundtrip_and_layout():
-    """to_panels: code q[n, k] + 128 at panel n // 32, byte ((k // 4) * 32 + n % 32) * 4 + k % 4; the last
-    panel padded with zero codes; int8_rows and dequantize read either layout back; only int8 rows qualify."""
+def test_panels_roundtrip_and_layout():
+    """to_panels, int8: code q[n, k] + 128 at panel n // 32, byte ((k // 4) * 32 + n % 32) * 4 + k % 4. int4:
+    byte t of dword j of row n's 32 bytes of 64-block b at [n // 32, b, ((j * 2 + h) * 16 + c) * 4 + t], n % 32
+    = 16 h + c; scales and zeros [P, G, 32]. Last panels padded with zeros; to_rows and dequantize read both
+    back; only w8a8 and w4a8 in rows qualify."""
     p = Q.quantize(torch.randn(37, 100), "w8a8")
     pp = Q.to_panels(p)
     assert pp.layout == "panels" and pp.q.dtype == torch.uint8 and tuple(pp.q.shape) == (2, 32 * p.kp)
     for n, k in [(0, 0), (5, 7), (36, 99), (33, 64)]:
         assert int(pp.q[n // 32, ((k // 4) * 32 + n % 32) * 4 + k % 4]) == int(p.q[n, k]) + 128
     assert int(pp.q[1, (3 * 32 + 10) * 4 + 1]) == 128  # row 42 of 37: padding
-    assert torch.equal(Q.int8_rows(pp), p.q) and torch.equal(Q.dequantize(pp), Q.dequantize(p))
-    assert torch.equal(pp.clone().q, pp.q) and pp.clone().layout == "panels"
-    for bad in (pp, Q.quantize(torch.randn(4, 64), "w4a8-g32")):
-        with pytest.raises(ValueError, match="to_panels takes an int8 weight in rows"):
+    p4 = Q.quantize(torch.randn(37, 200), "w4a8-g64-asym")
+    pp4 = Q.to_panels(p4)
+    assert tuple(pp4.q.shape) == (2, p4.kp // 64, 1024) and tuple(pp4.scales.shape) == (2, p4.kp // 64, 32)
+    for n, b, j, t in [(0, 0, 0, 0), (5, 1, 7, 3), (36, 3, 4, 2), (20, 2, 0, 1)]:
+        h, c = divmod(n % 32, 16)
+        assert int(pp4.q[n // 32, b, ((j * 2 + h) * 16 + c) * 4 + t]) == int(p4.q[n, 32 * b + 4 * j + t])
+    assert float(pp4.scales[1, 2, 4]) == float(p4.scales[36, 2]) and int(pp4.zeros[0, 3, 9]) == int(p4.zeros[9, 3])
+    assert float(pp4.scales[1, 0, 5:].abs().sum()) == 0 and int(pp4.q[1, :, 5 * 4:16 * 4].sum()) == 0  # padding
+    for rows, panels in [(p, pp), (p4, pp4)]:
+        back = Q.to_rows(panels)
+        assert all(torch.equal(a, b) for a, b in zip(back.parts(), rows.parts())) and back.layout == "rows"
+        assert torch.equal(Q.dequantize(panels), Q.dequantize(rows))
+        assert torch.equal(panels.clone().q, panels.q) and panels.clone().layout == "panels"
+    for bad in (pp, Q.quantize(torch.randn(4, 64), "w4a16-g32"), Q.quantize(torch.randn(4, 64), "w8a16"),
+                Q.quantize(torch.randn(4, 64), "w2a8-ternary")):
+        with pytest.raises(ValueError, match="to_panels takes a w8a8 or w4a8 weight in rows"):
             Q.to_panels(bad)
-    assert Q.prepack(Q.quantize(torch.randn(4, 64), "w8a16")).layout == "rows"  # W8A16 reads rows
+    assert Q.prepack(Q.quantize(torch.randn(4, 64), "w8a16")).layout == "rows"  # weight-only kernels read rows
 
 
 def test_pack_roundtrip():
@@ -167,15 +181,17 @@ def test_w4a8_register_tiles(quant_ops, scheme, m):
     kernel_vs_reference(m, 37, 333, m, lambda w: Q.quantize(w, scheme), Q.linear, Q.linear_ref)
 
 
-@pytest.mark.parametrize("scheme", ["w4a8-g64", "w4a8-g128-asym", "w4a8-g256", "w4a8-g1024-asym"])
+@pytest.mark.parametrize("prepacked", [False, True], ids=["rows", "prepacked"])
+@pytest.mark.parametrize("scheme", ["w4a8-g64", "w4a8-g128-asym", "w4a8-g256", "w4a8-g1024-asym", "w4a8-g32-asym"])
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 9])
-def test_w4a8_small_batches_and_long_groups(quant_ops, scheme, m):
+def test_w4a8_small_batches_and_long_groups(quant_ops, scheme, m, prepacked):
     """With AVX-512 VNNI the groups of whole 64-blocks run the 512-bit kernel: rows in blocks of 8
     folded four at a time at M = 1 (N = 37 leaves five rows alone), 4-token tiles folded into one
     vector per row from M = 2, with a pair and a single token after them (M = 2, 3, 6, 9); g1024
     sums 16 blocks per group in int32 lanes (K = 2100: the last group is mostly padding). Other
-    builds run it as a check."""
-    kernel_vs_reference(m, 37, 2100, m, lambda w: Q.quantize(w, scheme), Q.linear, Q.linear_ref)
+    builds run it as a check. Prepacked (AVX-512 VNNI): the panel kernel at every M, one token reading the
+    nibbles in place (dot_nibbles) for groups of whole 64-blocks and through L1 for g32."""
+    kernel_vs_reference(m, 37, 2100, m, lambda w: packed(w, scheme, prepacked), Q.linear, Q.linear_ref)
 
 
 @pytest.mark.parametrize("ahead", ["1", "0"])
@@ -203,21 +219,24 @@ def test_w8a8_tiles(quant_ops, k, m, prepacked):
     g = torch.Generator().manual_seed(k)
     w, x = torch.randn(37, k, generator=g).sign(), torch.randn(m, k, generator=g).sign() * 1e3
     p = packed(w, "w8a8", prepacked)
-    assert p.layout == ("panels" if prepacked and Q.w8a8_layout() == "panels" else "rows")
+    assert p.layout == ("panels" if prepacked and Q.a8_layout() == "panels" else "rows")
     assert float((Q.linear(x, p) - Q.linear_ref(x, p)).abs().max()) <= 1e-5 * scale_of(x, w)
 
 
-def test_w8a8_layout_follows_the_build(quant_ops):
-    """Panels exactly where the build runs AVX-512 VNNI (panel.h); a panel weight on a rows build is a clear
-    error, and a malformed one on a panels build too."""
+def test_a8_layout_follows_the_build(quant_ops):
+    """Panels exactly where the build runs AVX-512 VNNI (panel.h); panel weights on a rows build are a clear
+    error, and malformed ones on a panels build too."""
     want = "panels" if Q.backend() == "cpp-avx512-vnni" else "rows"
-    print(f"W8A8 layout of this build ({Q.backend()}): {Q.w8a8_layout()}")
-    assert Q.w8a8_layout() == want
-    p = Q.to_panels(Q.quantize(torch.randn(40, 96), "w8a8"))
-    x = torch.randn(3, 96)
+    print(f"W8A8/W4A8 layout of this build ({Q.backend()}): {Q.a8_layout()}")
+    assert Q.a8_layout() == want
+    p = Q.to_panels(Q.quantize(torch.randn(40, 128), "w8a8"))
+    p4 = Q.to_panels(Q.quantize(torch.randn(40, 128), "w4a8-g64"))
+    x = torch.randn(3, 128)
     if want == "rows":
         with pytest.raises(RuntimeError, match="prepack"):
             quant_ops.quant_w8_linear(x, p.q, p.scales, True)
+        with pytest.raises(RuntimeError, match="prepack"):
+            quant_ops.quant_w4a8_panels(x, p4.q, p4.scales, p4.zeros, 64, 40)
         return
     with pytest.raises(RuntimeError, match="panel weights are for W8A8"):
         quant_ops.quant_w8_linear(x, p.q, p.scales, False)
@@ -225,6 +244,12 @@ def test_w8a8_layout_follows_the_build(quant_ops):
         quant_ops.quant_w8_linear(x, p.q, p.scales[:32], True)
     with pytest.raises(RuntimeError, match=r"ceil\(N/32\)"):
         quant_ops.quant_w8_linear(x, p.q[:, :-32].contiguous(), p.scales, True)
+    with pytest.raises(RuntimeError, match=r"ceil\(N/32\)"):
+        quant_ops.quant_w4a8_panels(x, p4.q, p4.scales, p4.zeros, 64, 70)
+    with pytest.raises(RuntimeError, match="scales must be"):
+        quant_ops.quant_w4a8_panels(x, p4.q, p4.scales[:, :1].contiguous(), p4.zeros, 64, 40)
+    with pytest.raises(RuntimeError, match="multiple of the group"):
+        quant_ops.quant_w4a8_panels(x, p4.q, p4.scales, p4.zeros, 96, 40)
 
 
 @pytest.mark.parametrize("scheme", ["w8a8", "w4a8-g32", "w4a8-g96-asym", "w4a8-g128", "w4a8-g1024-asym"])
@@ -236,8 +261,8 @@ def test_batched_column_panels(quant_ops, scheme, m):
     ends in a short chunk (g96: chunks of 960, a group flushed mid-block pair; g1024: one group per
     chunk). Other builds run it as a check of their own kernels."""
     kernel_vs_reference(m, 100, 2100, m, lambda w: Q.quantize(w, scheme), Q.linear, Q.linear_ref)
-    if scheme == "w8a8":  # the same read from panels packed once
-        kernel_vs_reference(m, 100, 2100, m, lambda w: packed(w, scheme, True), Q.linear, Q.linear_ref)
+    # the same read from panels packed once (AVX-512 VNNI; rows elsewhere)
+    kernel_vs_reference(m, 100, 2100, m, lambda w: packed(w, scheme, True), Q.linear, Q.linear_ref)
 
 
 @pytest.mark.parametrize("prepacked", [False, True], ids=["rows", "prepacked"])
@@ -499,20 +524,23 @@ def op_case(case: str):
         return f"quant_{p.scheme.kind}_linear", (x, p.q, p.scales)
     if p.scheme.wbits == 8:
         return "quant_w8_linear", (x, p.q, p.scales, p.scheme.a8)
+    if p.layout == "panels":
+        return "quant_w4a8_panels", (x, p.q, p.scales, p.zeros, p.group, p.n)
     return "quant_w4_linear", (x, p.q, p.scales, p.zeros, p.group, p.scheme.a8)
 
 
-@pytest.mark.parametrize("case", ["w8a16", "w8a8", "w8a8-panels", "w4a16-g64-asym", "w4a8-g32", "dgq",
-                                  "w2a8-ternary", "w1a4-binary"])
+@pytest.mark.parametrize("case", ["w8a16", "w8a8", "w8a8-panels", "w4a16-g64-asym", "w4a8-g32", "w4a8-g32-panels",
+                                  "w4a8-g64-asym-panels", "dgq", "w2a8-ternary", "w1a4-binary"])
 def test_opcheck(quant_ops, case):
     """Schema, fake kernel (shape and dtype under FakeTensor and dynamic shapes) and the C++ kernel agree."""
-    if case.endswith("-panels") and Q.w8a8_layout() != "panels":
-        case = "w8a8"  # this build reads rows only (the ISA reruns must not skip)
+    if case.endswith("-panels") and Q.a8_layout() != "panels":
+        case = case.removesuffix("-panels")  # this build reads rows only (the ISA reruns must not skip)
     name, args = op_case(case)
     torch.library.opcheck(getattr(quant_ops, name).default, args)
 
 
-@pytest.mark.parametrize("case", ["w8a8", "w8a8-panels", "w4a16-g64-asym", "dgq", "w2a8-ternary", "w1a4-binary"])
+@pytest.mark.parametrize("case", ["w8a8", "w8a8-panels", "w4a16-g64-asym", "w4a8-g64-asym-panels", "dgq", "w2a8-ternary",
+                                  "w1a4-binary"])
 def test_fake_kernels_need_no_build(case):
     """The schemas and fake kernels live in Python: shapes propagate even where nothing is compiled."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -529,11 +557,12 @@ def test_fallback_path_equals_reference(monkeypatch):
     w = torch.randn(9, 70)
     p, pd_ = Q.quantize(w, "w4a8-g32"), Q.dgq_pack(torch.randn(9, 130), 64)
     x, xd = torch.randn(3, 70), torch.randn(3, 130)
-    p8 = Q.to_panels(Q.quantize(w, "w8a8"))
+    p8, p4 = Q.to_panels(Q.quantize(w, "w8a8")), Q.to_panels(Q.quantize(w, "w4a8-g64-asym"))
     monkeypatch.setattr(Q.ops, "available", lambda: False)
     assert Q.backend() == "torch-fallback" and Q.backend_of("w4a8") == "torch-fallback"
     assert torch.equal(Q.linear(x, p), Q.linear_ref(x, p))
-    assert Q.w8a8_layout() == "rows" and torch.equal(Q.linear(x, p8), Q.linear_ref(x, p8))
+    assert Q.a8_layout() == "rows" and torch.equal(Q.linear(x, p8), Q.linear_ref(x, p8))
+    assert torch.equal(Q.linear(x, p4), Q.linear_ref(x, p4))
     assert torch.equal(Q.dgq_linear(xd, pd_), Q.dgq_linear_ref(xd, pd_))
     assert Q.linear(torch.randn(0, 70), p).shape == (0, 9)  # an empty batch, as the kernel allows
 
@@ -550,7 +579,7 @@ KERNEL_TESTS = ["test_the_path_under_test", "test_linear_matches_reference", "te
                 "test_low_bit_kernels_match_reference", "test_low_bit_awkward_shapes", "test_low_bit_saturated",
                 "test_low_bit_ops_reject_wrong_tensors", "test_binary_popcount_path", "test_w8a8_tiles", "test_int8_peak_probe_computes_its_sums", "test_w4a8_register_tiles", "test_w4a8_small_batches_and_long_groups", "test_dgq_register_tiles", "test_dgq_kernel_matches_reference",
                 "test_dgq_kernel_batched_and_bad_inputs", "test_cpp_op_rejects_wrong_tensors", "test_opcheck",
-                "test_w8a8_layout_follows_the_build", "test_batched_w8a8_survives_int32_wraparound"]
+                "test_a8_layout_follows_the_build", "test_batched_w8a8_survives_int32_wraparound"]
 
 
 @pytest.mark.skipif(ext.compiler() is None, reason="no C++ compiler: only the fallback runs here")

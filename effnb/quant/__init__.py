@@ -43,11 +43,11 @@ from .experiments import (FOUR_BIT_PEERS, INT8_PEERS, INT8_ROOF, OURS, among, ba
                           fidelity, label, measurements, ort_key, peer_factories, quality, ratio, scheme_of,
                           ratio_pivot, speed_table, time_pivot, weight_bytes, machine_limits, settle_roofs)
 from .formats import (SCHEME_RE, DGQPacked, Packed, Scheme, dequantize, dgq_dequantize, pack_bits, pack_int4,
-                      pack_ternary, parse_scheme, quantize, random_dgq, random_packed, to_panels, int8_rows,
+                      pack_ternary, parse_scheme, quantize, random_dgq, random_packed, to_panels, to_rows,
                       unpack_bits, unpack_int4, unpack_ternary)
 from .gptq import calibrate, gptq_int4
 from .modules import KERNEL_MAX_M, FakeQuantLinear, QuantLinear, percentile_clip, quantize_module, replace_linears
-from .ops import available, backend, binary_path, dgq_linear, linear, prepack, w8a8_layout
+from .ops import available, backend, binary_path, dgq_linear, linear, prepack, a8_layout
 from .peers import (ORT_PEERS, ort_available, ort_backend, ort_matmulnbits, ort_name, ort_pack, torch_backend,
                     torch_int4pack)
 from .plots import plot_qat, plot_roofline, plot_speed, roofline_points
@@ -61,7 +61,7 @@ __all__ = [
     "speed_table", "machine_limits", "settle_roofs", "time_pivot", "ratio_pivot", "weight_bytes", "SCHEME_RE", "DGQPacked", "Packed", "Scheme", "dequantize", "dgq_dequantize",
     "pack_int4", "pack_ternary", "unpack_ternary", "pack_bits", "unpack_bits", "binary_path", "parse_scheme", "quantize", "random_dgq", "random_packed", "unpack_int4", "calibrate",
     "gptq_int4", "FakeQuantLinear", "QuantLinear", "percentile_clip", "quantize_module", "replace_linears",
-    "available", "backend", "dgq_linear", "linear", "prepack", "w8a8_layout", "to_panels", "int8_rows",
+    "available", "backend", "dgq_linear", "linear", "prepack", "a8_layout", "to_panels", "to_rows",
     "ORT_PEERS", "ort_available", "ort_matmulnbits", "ort_name",
     "ort_pack", "torch_int4pack", "ort_backend", "torch_backend", "plot_qat", "plot_roofline", "plot_speed", "roofline_points", "dgq_linear_ref",
     "fake_linear", "linear_ref", "quantize_acts", "FINEQUANT_GROUPS", "FINEQUANT_RATIO", "FINEQUANT_MAX_SHARE",

@@ -89,7 +89,7 @@ class Packed(_WeightBytes):
                                # [N, kp/8] (binary)
     scales: torch.Tensor       # fp32 [N] (int8, ternary, binary) or fp16 [N, kp/group] (int4)
     zeros: torch.Tensor        # uint8 [N, kp/group], empty when symmetric
-    layout: str = "rows"       # int8 only: "panels" is q as :func:`to_panels` packs it
+    layout: str = "rows"       # "panels": q as :func:`to_panels` packs it (w8a8, w4a8)
 
     def parts(self) -> tuple:
         return self.q, self.scales, self.zeros
@@ -202,28 +202,52 @@ def pack_int4(u: torch.Tensor) -> torch.Tensor:
     return (b[:, :, 0, :] | (b[:, :, 1, :] << 4)).reshape(n, kp // 2).contiguous()
 
 
-PANEL = 32   # output columns per panel of an int8 weight in the "panels" layout
+PANEL = 32   # output columns per panel of an a8 weight in the "panels" layout
 
 
 def to_panels(p: Packed) -> Packed:
-    """An int8 weight in the layout the AVX-512 W8A8 kernel reads in place (kernels/quant/panel.h),
-    packed once here instead of on every call: panel j holds rows 32j..32j+31 (the last padded with
-    zero rows) as [Kp/4][32][4] bytes, each code + 128 (the unsigned side of vpdpbusd)."""
-    if p.scheme.wbits != 8 or p.scheme.kind or p.layout != "rows":
-        raise ValueError(f"to_panels takes an int8 weight in rows (w8a16 or w8a8), got {p.scheme} in {p.layout}")
+    """A W8A8 or W4A8 weight in the layout the AVX-512 VNNI kernels read in place (kernels/quant/panel.h),
+    packed once here instead of on every call. Panel j holds rows 32j..32j+31 (the last padded with zero
+    codes). int8: uint8 [P, 32 Kp], [Kp/4][32][4] bytes per panel, each code + 128 (the unsigned side of
+    vpdpbusd). int4: uint8 [P, Kp/64, 1024], per 64-weight block [8 dwords][2 halves of 16 rows][16][4]
+    bytes, dword j of each row's 32 bytes of the block in :func:`pack_int4`'s nibble layout; its scales and
+    zeros [P, Kp/G, 32], a panel's columns side by side per group (the kernel loads 16 at once)."""
+    if p.scheme.kind or not p.scheme.a8 or p.layout != "rows":
+        raise ValueError(f"to_panels takes a w8a8 or w4a8 weight in rows, got {p.scheme} in {p.layout}")
     npan = -(-p.n // PANEL)
-    q = torch.nn.functional.pad(p.q, (0, 0, 0, npan * PANEL - p.n)).view(npan, PANEL, p.kp // 4, 4)
-    u = (q.permute(0, 2, 1, 3).to(torch.int16) + 128).to(torch.uint8)
-    return Packed(p.scheme, p.n, p.k, p.kp, p.group, u.reshape(npan, PANEL * p.kp).contiguous(), p.scales,
-                  p.zeros, "panels")
+    q = torch.nn.functional.pad(p.q, (0, 0, 0, npan * PANEL - p.n))
+    if p.scheme.wbits == 8:
+        u = (q.view(npan, PANEL, p.kp // 4, 4).permute(0, 2, 1, 3).to(torch.int16) + 128).to(torch.uint8)
+        q = u.reshape(npan, PANEL * p.kp)
+        scales, zeros = p.scales, p.zeros
+    else:
+        q = q.view(npan, 2, 16, p.kp // 64, 8, 4).permute(0, 3, 4, 1, 2, 5).reshape(npan, p.kp // 64, 1024)
+        scales, zeros = (_per_panel(t, npan) for t in (p.scales, p.zeros))
+    return Packed(p.scheme, p.n, p.k, p.kp, p.group, q.contiguous(), scales, zeros, "panels")
 
 
-def int8_rows(p: Packed) -> torch.Tensor:
-    """The int8 codes [N, Kp] of an int8 weight in either layout."""
+def _per_panel(t: torch.Tensor, npan: int) -> torch.Tensor:
+    """[N, G] -> [P, G, 32], padding rows zero (the empty zeros of a symmetric scheme stay empty)."""
+    if not t.numel():
+        return t
+    t = torch.nn.functional.pad(t, (0, 0, 0, npan * PANEL - t.shape[0]))
+    return t.view(npan, PANEL, -1).transpose(1, 2).contiguous()
+
+
+def to_rows(p: Packed) -> Packed:
+    """Inverse of :func:`to_panels` (``p`` itself when it is in rows already)."""
     if p.layout == "rows":
-        return p.q
-    u = p.q.view(-1, p.kp // 4, PANEL, 4).permute(0, 2, 1, 3).reshape(-1, p.kp)[:p.n]
-    return (u.to(torch.int16) - 128).to(torch.int8)
+        return p
+    npan = p.q.shape[0]
+    if p.scheme.wbits == 8:
+        u = p.q.view(npan, p.kp // 4, PANEL, 4).permute(0, 2, 1, 3).reshape(npan * PANEL, p.kp)
+        q = (u.to(torch.int16) - 128).to(torch.int8)
+        scales, zeros = p.scales, p.zeros
+    else:
+        q = p.q.view(npan, p.kp // 64, 8, 2, 16, 4).permute(0, 3, 4, 1, 2, 5).reshape(npan * PANEL, p.kp // 2)
+        scales, zeros = (t.transpose(1, 2).reshape(npan * PANEL, -1)[:p.n].contiguous() if t.numel() else t
+                         for t in (p.scales, p.zeros))
+    return Packed(p.scheme, p.n, p.k, p.kp, p.group, q[:p.n].contiguous(), scales, zeros)
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
@@ -299,12 +323,13 @@ def unpack_bits(packed: torch.Tensor) -> torch.Tensor:
 
 def dequantize(p: Packed) -> torch.Tensor:
     """The fp32 weight [N, K] that ``p`` represents."""
+    p = to_rows(p)
     if p.scheme.kind == "ternary":
         w = (unpack_ternary(p.q).float() - 1.0) * p.scales[:, None]
     elif p.scheme.kind == "binary":
         w = (unpack_bits(p.q).float() * 2.0 - 1.0) * p.scales[:, None]
     elif p.scheme.wbits == 8:
-        w = int8_rows(p).float() * p.scales[:, None]
+        w = p.q.float() * p.scales[:, None]
     else:
         u = unpack_int4(p.q).float().reshape(p.n, p.kp // p.group, p.group)
         z = p.zeros.float()[..., None] if p.zeros.numel() else 8.0

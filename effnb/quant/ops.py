@@ -16,7 +16,8 @@ from .reference import dgq_linear_ref, linear_ref, prep_x
 FAMILY = "quant"
 SCHEMAS = {  # x is fp32 [M, K]; every op returns fp32 [M, N], N the weight's rows
     "quant_w8_linear": "(Tensor x, Tensor q, Tensor scales, bool a8) -> Tensor",
-    "quant_w8_layout": "(Tensor probe) -> str",   # the W8A8 weight layout of this build: panels or rows
+    "quant_w4a8_panels": "(Tensor x, Tensor packed, Tensor scales, Tensor zeros, int group, int n) -> Tensor",
+    "quant_a8_layout": "(Tensor probe) -> str",   # the W8A8/W4A8 weight layout of this build: panels or rows
     "quant_w4_linear": "(Tensor x, Tensor packed, Tensor scales, Tensor zeros, int group, bool a8) -> Tensor",
     "quant_dgq_linear": "(Tensor x, Tensor packed, Tensor kint, Tensor scale, int group) -> Tensor",
     "quant_peak_int8": "(Tensor(a!) out, int iters) -> ()",      # kernels/quant/peak.cpp
@@ -41,6 +42,8 @@ def _declare() -> None:
     torch.library.register_fake("effnb::quant_w8_linear")(lambda x, q, scales, a8: _output(x, scales))
     torch.library.register_fake("effnb::quant_w4_linear")(
         lambda x, packed, scales, zeros, group, a8: _output(x, packed))
+    torch.library.register_fake("effnb::quant_w4a8_panels")(
+        lambda x, packed, scales, zeros, group, n: x.new_empty((x.shape[0], n), dtype=torch.float32))
     torch.library.register_fake("effnb::quant_dgq_linear")(
         lambda x, packed, kint, scale, group: _output(x, packed))
     torch.library.register_fake("effnb::quant_peak_int8")(lambda out, iters: None)
@@ -84,23 +87,25 @@ def linear(x: torch.Tensor, p: Packed) -> torch.Tensor:
         y = ops.quant_binary_linear(x2, p.q, p.scales)
     elif p.scheme.wbits == 8:
         y = ops.quant_w8_linear(x2, p.q, p.scales, p.scheme.a8)
+    elif p.layout == "panels":
+        y = ops.quant_w4a8_panels(x2, p.q, p.scales, p.zeros, p.group, p.n)
     else:
         y = ops.quant_w4_linear(x2, p.q, p.scales, p.zeros, p.group, p.scheme.a8)
     return y.reshape(*lead, p.n)
 
 
-def w8a8_layout() -> str:
-    """The int8 weight layout this build's W8A8 kernel reads fastest: ``panels`` (AVX-512 VNNI: 32 output
+def a8_layout() -> str:
+    """The weight layout this build's W8A8 and W4A8 kernels read fastest: ``panels`` (AVX-512 VNNI: 32 output
     columns by 4 weights, packed once by :func:`prepack`) or ``rows`` (every other path, and the reference)."""
-    return torch.ops.effnb.quant_w8_layout(torch.empty(0)) if available() else "rows"
+    return torch.ops.effnb.quant_a8_layout(torch.empty(0)) if available() else "rows"
 
 
 def prepack(p: Packed) -> Packed:
     """``p`` in the layout this build's kernel reads fastest, packed once (fbgemm's prepacking, done at load):
-    a W8A8 weight becomes panels where :func:`w8a8_layout` says so; anything else comes back as it is."""
+    a W8A8 or W4A8 weight becomes panels where :func:`a8_layout` says so; anything else comes back as it is."""
     if not isinstance(p, Packed):
         raise TypeError("p must come from effnb.quant.quantize(weight, scheme)")
-    if p.scheme.wbits == 8 and p.scheme.a8 and not p.scheme.kind and p.layout == "rows" and w8a8_layout() == "panels":
+    if p.scheme.a8 and not p.scheme.kind and p.layout == "rows" and a8_layout() == "panels":
         return to_panels(p)
     return p
 

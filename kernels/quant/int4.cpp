@@ -497,4 +497,42 @@ at::Tensor quant_w4_linear(const at::Tensor& x, const at::Tensor& packed, const 
   return y;
 }
 
+// W4A8 on int4 panels (formats.to_panels): packed [P, Kp/64, 1024], scales fp16 and zeros uint8
+// [P, Kp/group, 32] (the panel's 32 columns side by side, padding columns zero), n the true N.
+at::Tensor quant_w4a8_panels(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
+                             const at::Tensor& zeros, int64_t group, int64_t n) {
+  constexpr const char* op = "quant_w4a8_panels";
+  TORCH_CHECK(EFFNB_Q4_ZMM, op, ": this build reads int4 rows only (quant_a8_layout() is \"rows\"); ",
+              "pass the weight effnb.quant.ops.prepack returns here");
+  check_tensor(packed, at::kByte, op, "packed");
+  check_tensor(scales, at::kHalf, op, "scales");
+  TORCH_CHECK(group >= 32 && group % 32 == 0, op, ": group must be a multiple of 32, got ", group);
+  const int64_t np = (n + 31) / 32;
+  TORCH_CHECK(n >= 0 && packed.dim() == 3 && packed.size(0) == np && packed.size(2) == 1024, op,
+              ": packed must be [ceil(N/32), Kp/64, 1024] = [", np, ", Kp/64, 1024] for N=", n);
+  const int64_t kp = packed.size(1) * 64;
+  TORCH_CHECK(kp % group == 0, op, ": packed K=", kp, " must be a multiple of the group ", group);
+  const int64_t ng = kp / group;
+  TORCH_CHECK(scales.dim() == 3 && scales.size(0) == np && scales.size(1) == ng && scales.size(2) == 32, op,
+              ": scales must be [ceil(N/32), Kp/group, 32] = [", np, ", ", ng, ", 32]");
+  const bool has_zero = zeros.numel() > 0;
+  if (has_zero) {
+    check_tensor(zeros, at::kByte, op, "zeros");
+    TORCH_CHECK(zeros.sizes() == scales.sizes(), op, ": zeros must be shaped like scales, or empty");
+  }
+  at::Tensor y = output_for(x, kp, n, op);
+  const int64_t m = x.size(0);
+  if (m == 0 || n == 0) return y;
+#if EFFNB_Q4_ZMM
+  const Acts act = prepare_acts(x, kp, group, true);
+  std::vector<float> xc(m * ng);
+  for (size_t j = 0; j < xc.size(); ++j) xc[j] = act.xs[j] * static_cast<float>(act.xsum[j]);
+  panel::run(panel::W4A8Panels{{packed.data_ptr<uint8_t>(), scales.data_ptr<at::Half>(),
+                                has_zero ? zeros.data_ptr<uint8_t>() : nullptr, kp, n, ng, group, act.xq.data(),
+                                act.xs.data(), xc.data()}},
+             m, n, y.data_ptr<float>());
+#endif
+  return y;
+}
+
 }  // namespace effnb::quant

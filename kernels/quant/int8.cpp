@@ -247,7 +247,7 @@ at::Tensor quant_w8_linear(const at::Tensor& x, const at::Tensor& q, const at::T
   }
 #endif
   TORCH_CHECK(q.scalar_type() == at::kChar || !a8, op, ": q is ", q.scalar_type(), ", and panels (uint8) need a build ",
-              "whose quant_w8_layout() is \"panels\"; pass int8 rows (effnb.quant.ops.prepack knows which)");
+              "whose quant_a8_layout() is \"panels\"; pass int8 rows (effnb.quant.ops.prepack knows which)");
   check_tensor(q, at::kChar, op, "q");
   check_tensor(scales, at::kFloat, op, "scales");
   TORCH_CHECK(q.dim() == 2 && q.size(1) % 32 == 0, op, ": q must be [N, Kp] with Kp a multiple of 32");
@@ -280,6 +280,6 @@ at::Tensor quant_w8_linear(const at::Tensor& x, const at::Tensor& q, const at::T
   return y;
 }
 
-std::string quant_w8_layout(const at::Tensor& /*probe*/) { return EFFNB_Q4_ZMM ? "panels" : "rows"; }
+std::string quant_a8_layout(const at::Tensor& /*probe*/) { return EFFNB_Q4_ZMM ? "panels" : "rows"; }
 
 }  // namespace effnb::quant

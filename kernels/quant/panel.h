@@ -1,4 +1,4 @@
-// Batched W8A8 and W4A8 on AVX-512 VNNI: output columns in the vector lanes (int8.cpp, int4.cpp).
+// W8A8 and W4A8 on AVX-512 VNNI: output columns in the vector lanes (int8.cpp, int4.cpp).
 //
 // The row kernels (w8a8_tile, int4_a8_block_zmm) put K in the lanes: a 64-byte weight vector
 // times a 64-byte activation vector, summed across lanes at the end. Each vpdpbusd then needs a
@@ -9,17 +9,15 @@
 //   acc[token][16 columns] += pan[k/4][16 columns][4 bytes] . broadcast(x[token][k..k+3])
 //
 // so one 64-byte weight vector serves kRows tokens and one 4-byte broadcast two column halves.
-// Row-major weights (int4, and int8 as quantize() packs it) are repacked on every call, a chunk
-// of 32 columns x kChunk weights at a time (16 x 16 dword transposes; int4 codes unpacked to bytes
-// on the way); every token runs against the chunk while it sits in L1, and the next chunk's rows
-// are asked into L2 as it goes. That repack is paid once per weight and call, shared by all M
-// tokens: for rows the path starts at EFFNB_QP_MMIN = 16 tokens (at 4 to 12 the row kernels
-// measured as fast or faster). int8 weights packed once into this layout (W8A8Panels, what
-// effnb.quant.prepack makes on these builds) are read in place, one contiguous stream per panel,
-// at every M: on the Zen 5 of chapter 02 that beat the row kernels at M = 1 and 4 as well as the
-// per-call repack at 16 and 64. The 8 x 2
-// register tile alone ran at 87% of vpdpbusd's register-only rate on the Xeon of chapter 02;
-// whole calls at M = 64 reach ~55-60% (transposes, L2 traffic, the tile changes).
+// Weights packed once into panels (W8A8Panels, W4A8Panels: what effnb.quant.prepack makes on
+// these builds) are read in place, one contiguous stream per panel, at every M; int4 nibbles are
+// split into L1 per chunk, or in registers at one token (dot_nibbles). On the Zen 5 of chapter 02
+// that beat the row kernels at M = 1 and 4 and the per-call repack below at 16 and 64. Row-major
+// weights (as quantize() packs them) are repacked on every call from EFFNB_QP_MMIN = 16 tokens (at
+// 4 to 12 the row kernels measured as fast or faster), a chunk of 32 columns x kChunk weights at a
+// time (16 x 16 dword transposes; int4 codes unpacked to bytes on the way), the next chunk's rows
+// asked into L2 as it goes. The 8 x 2 register tile alone ran at 87% of vpdpbusd's register-only
+// rate on the Xeon of chapter 02; prepacked W8A8 calls at M = 64 reached ~90% of it on the Zen 5.
 //
 // Signedness: vpdpbusd multiplies unsigned (the weight vector) by signed bytes (the broadcast
 // activations). int4 codes are unsigned already; int8 weights are flipped to w + 128 in the
@@ -118,6 +116,36 @@ inline __attribute__((always_inline)) void dot_quads(const uint8_t* pan, const i
 
 // One token tile of MR rows against the repacked chunk [k0, k0 + len): the integer sums are
 // started and handed to F::flush every F::group weights.
+// One token against int4 panels straight from memory (W4A8Panels at M = 1, groups of whole 64-blocks):
+// 64-weight blocks [b0, b1) of the chunk at src, each 64-byte vector split into its two nibble quads
+// in registers instead of through L1. Eight accumulator chains (quad parity x nibble x half), so the
+// adds do not wait on vpdpbusd's latency; summed into acc at the end.
+inline void dot_nibbles(const uint8_t* src, const int8_t* x, int64_t b0, int64_t b1, __m512i (&acc)[1][2],
+                        Prefetch& pf) {
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  __m512i c[2][2][2];
+  for (auto& a : c)
+    for (auto& b : a) b[0] = b[1] = _mm512_setzero_si512();
+  for (int64_t b = b0; b < b1; ++b) {
+    pf.step();  // two steps of 8 quads per block
+    pf.step();
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+      int32_t lo, hi;
+      std::memcpy(&lo, x + 4 * (b * 16 + j), 4);
+      std::memcpy(&hi, x + 4 * (b * 16 + j + 8), 4);
+      const __m512i xlo = _mm512_set1_epi32(lo), xhi = _mm512_set1_epi32(hi);
+      for (int h = 0; h < 2; ++h) {
+        const __m512i v = _mm512_loadu_si512(src + ((b * 8 + j) * 2 + h) * 64);
+        c[j & 1][0][h] = _mm512_dpbusd_epi32(c[j & 1][0][h], _mm512_and_si512(v, low), xlo);
+        c[j & 1][1][h] = _mm512_dpbusd_epi32(c[j & 1][1][h], _mm512_and_si512(_mm512_srli_epi16(v, 4), low), xhi);
+      }
+    }
+  }
+  for (int h = 0; h < 2; ++h)
+    acc[0][h] = _mm512_add_epi32(_mm512_add_epi32(c[0][0][h], c[0][1][h]), _mm512_add_epi32(c[1][0][h], c[1][1][h]));
+}
+
 template <int MR, class F>
 void tile_rows(const F& f, typename F::Panel& st, const uint8_t* pan, int64_t i0, int64_t k0, int64_t len,
                typename F::Acc* tile, Prefetch& pf) {
@@ -126,6 +154,13 @@ void tile_rows(const F& f, typename F::Panel& st, const uint8_t* pan, int64_t i0
   for (int64_t g0 = 0; g0 < len; g0 += step) {
     __m512i acc[MR][2];
     for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+    if constexpr (MR == 1 && F::kNibbles) {
+      if (f.raw) {
+        dot_nibbles(pan, x, g0 / 64, std::min(len, g0 + step) / 64, acc, pf);
+        f.template flush<MR>(st, i0, (k0 + g0) / step, acc, tile + i0 * kCols);
+        continue;
+      }
+    }
     dot_quads<MR>(pan, x, f.ldx, g0 / 4, std::min(len, g0 + step) / 4, acc, pf);
     f.template flush<MR>(st, i0, (k0 + g0) / step, acc, tile + i0 * kCols);
   }
@@ -142,6 +177,7 @@ void run(const F& codes, int64_t m, int64_t n, float* py) {
   // fell into the same L1 sets (~10% at M = 64)
   constexpr int64_t kPad = 64;
   F f = codes;
+  if constexpr (F::kNibbles) f.raw = m == 1 && f.group() % 64 == 0;
   f.ldx = f.kp + kPad;
   std::vector<int8_t> xpad(static_cast<size_t>(m * f.ldx));
   for (int64_t i = 0; i < m; ++i) std::memcpy(xpad.data() + i * f.ldx, codes.xq + i * f.kp, f.kp);
@@ -200,6 +236,7 @@ void run(const F& codes, int64_t m, int64_t n, float* py) {
 // sums stay int32 across chunks (as in w8a8_tile), scaled once at the end.
 struct W8A8 {
   using Acc = int32_t;
+  static constexpr bool kNibbles = false;  // chunks are always bytes
   struct Panel {
     int64_t c0 = 0;
   };
@@ -260,6 +297,7 @@ struct W8A8Panels : W8A8 {
 // G; one scale per token and group. Each group's int32 sums are scaled into fp32 at its end.
 struct W4A8 {
   using Acc = float;
+  static constexpr bool kNibbles = false;
   struct Panel {
     std::vector<float> sw, swz;  // [ng][32]: the columns' scale and scale * zero per group
   };
@@ -318,6 +356,57 @@ struct W4A8 {
     }
   }
   float finish(const Panel&, int64_t, int64_t, float v) const { return v; }
+};
+
+// int4 codes packed once into panels (formats.to_panels): panel p, 64-weight block b is 1 KiB,
+// [8 dwords j][2 halves][16 columns][4 bytes], dword j of each column's 32 bytes of the block as
+// quant.h lays them out (quads j and j + 8 in its low and high nibbles). A chunk is one contiguous
+// run; the kernel only splits the nibbles into L1, no transposes. Scales and zeros come per panel,
+// [P][ng][32]: a group's 16 columns are one load, and no per-panel table is built (W4A8::begin's
+// table, one value at a time, cost more than a quarter of a warm one-token call at 4096 x 11008 on one thread).
+struct W4A8Panels : W4A8 {
+  struct Panel {
+    int64_t c0 = 0;
+  };
+  void begin(Panel& st, int64_t c0) const { st.c0 = c0; }
+  float finish(const Panel&, int64_t, int64_t, float v) const { return v; }
+  template <int MR>
+  void flush(Panel& st, int64_t i0, int64_t gi, __m512i (&acc)[MR][2], float* tile) const {
+    __m512 sw[2], swz[2];
+    const int64_t at = (st.c0 / kCols * ng + gi) * kCols;
+    for (int h = 0; h < 2; ++h) {
+      sw[h] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scales + at + 16 * h)));
+      swz[h] = _mm512_mul_ps(sw[h], zeros ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
+                                                _mm_loadu_si128(reinterpret_cast<const __m128i*>(zeros + at + 16 * h))))
+                                          : _mm512_set1_ps(8.0f));
+    }
+    for (int r = 0; r < MR; ++r) {
+      const __m512 s = _mm512_set1_ps(xs[(i0 + r) * ng + gi]), z = _mm512_set1_ps(xc[(i0 + r) * ng + gi]);
+      for (int h = 0; h < 2; ++h) {
+        float* t = tile + r * kCols + 16 * h;
+        const __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][h]), _mm512_mul_ps(sw[h], s), _mm512_loadu_ps(t));
+        _mm512_storeu_ps(t, _mm512_fnmadd_ps(swz[h], z, v));
+      }
+    }
+  }
+  static constexpr bool kNibbles = true;  // at M = 1 (raw) tile_rows reads the nibbles in place: dot_nibbles
+  bool raw = false;
+  void source(int64_t c0, int64_t k0, int64_t len, Prefetch& pf) const {
+    pf.row = w + c0 * kp / 2 + k0 * kCols / 2, pf.stride = 0, pf.bytes = len * kCols / 2, pf.rows_left = 1;
+  }
+  const uint8_t* chunk(int64_t c0, int64_t k0, int64_t len, uint8_t* pan) const {
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    const uint8_t* src = w + c0 * kp / 2 + k0 * kCols / 2;
+    if (raw) return src;
+    for (int64_t b = 0; b < len / 64; ++b)
+      for (int j = 0; j < 8; ++j)
+        for (int h = 0; h < 2; ++h) {
+          const __m512i v = _mm512_loadu_si512(src + ((b * 8 + j) * 2 + h) * 64);
+          _mm512_storeu_si512(pan + (b * 16 + j) * 128 + 64 * h, _mm512_and_si512(v, low));
+          _mm512_storeu_si512(pan + (b * 16 + j + 8) * 128 + 64 * h, _mm512_and_si512(_mm512_srli_epi16(v, 4), low));
+        }
+    return pan;
+  }
 };
 
 }  // namespace effnb::quant::panel

@@ -2,6 +2,7 @@
 //
 //   torch.ops.effnb.quant_w8_linear(x, q, scales, a8)                  -> y = x @ W^T
 //   torch.ops.effnb.quant_w4_linear(x, packed, scales, zeros, group, a8) -> y = x @ W^T
+//   torch.ops.effnb.quant_w4a8_panels(x, packed, scales, zeros, group, n) -> y = x @ W^T (int4 panels)
 //   torch.ops.effnb.quant_dgq_linear(x, packed, kint, scale, group)      -> y = x @ W^T (DGQ, W4A8)
 //   torch.ops.effnb.quant_ternary_linear(x, packed, scales)              -> y = x @ W^T (W2A8 ternary)
 //   torch.ops.effnb.quant_binary_linear(x, packed, scales)               -> y = x @ W^T (W1A4 binary)
@@ -18,9 +19,10 @@
 // effnb/quant/formats.py builds the packed weights and explains the formats; in short:
 //
 // int8, per output channel:  W[n, k] = scales[n] * q[n, k],  q int8 in [-127, 127], [N, Kp]
-//   or, for W8A8 where quant_w8_layout() is "panels": uint8 [ceil(N/32), 32 Kp], q + 128 with
+//   or, for W8A8 where quant_a8_layout() is "panels": uint8 [ceil(N/32), 32 Kp], q + 128 with
 //   columns 32p..32p+31 as [Kp/4][32][4] (panel.h reads it in place; formats.to_panels)
 // int4, per group of G:      W[n, k] = scales[n, g] * (u[n, k] - zeros[n, g]),  g = k / G
+//   (for W4A8 where quant_a8_layout() is "panels": quant_w4a8_panels, formats.to_panels' layout)
 //   u in [0, 15]; symmetric schemes have no zeros tensor (zero = 8 everywhere);
 //   scales are fp16 [N, Kp/G], zeros uint8 [N, Kp/G].
 //   Nibble layout, chosen so that AVX2 unpacks 32 weights with two instructions:
@@ -408,7 +410,9 @@ void over_row_blocks(const Args& A, int64_t m, int64_t n, float* py) {
 #endif
 
 at::Tensor quant_w8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, bool a8);
-std::string quant_w8_layout(const at::Tensor& probe);
+std::string quant_a8_layout(const at::Tensor& probe);
+at::Tensor quant_w4a8_panels(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
+                             const at::Tensor& zeros, int64_t group, int64_t n);
 at::Tensor quant_w4_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
                            const at::Tensor& zeros, int64_t group, bool a8);
 at::Tensor quant_dgq_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& kint,
