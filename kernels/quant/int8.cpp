@@ -227,7 +227,7 @@ void w8a8_blocks(const Int8Args& A, const int32_t* xsum, int64_t m, int64_t n, f
 at::Tensor quant_w8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, bool a8) {
   constexpr const char* op = "quant_w8_linear";
 #if EFFNB_Q4_ZMM
-  if (q.scalar_type() == at::kByte) {  // panels (quant_w8_panels)
+  if (q.scalar_type() == at::kByte) {  // panels packed once (formats.to_panels, panel.h)
     TORCH_CHECK(a8, op, ": panel weights are for W8A8");
     check_tensor(q, at::kByte, op, "q");
     check_tensor(scales, at::kFloat, op, "scales");

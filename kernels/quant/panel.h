@@ -114,8 +114,6 @@ inline __attribute__((always_inline)) void dot_quads(const uint8_t* pan, const i
   }
 }
 
-// One token tile of MR rows against the repacked chunk [k0, k0 + len): the integer sums are
-// started and handed to F::flush every F::group weights.
 // One token against int4 panels straight from memory (W4A8Panels at M = 1, groups of whole 64-blocks):
 // 64-weight blocks [b0, b1) of the chunk at src, each 64-byte vector split into its two nibble quads
 // in registers instead of through L1. Eight accumulator chains (quad parity x nibble x half), so the
@@ -146,6 +144,8 @@ inline void dot_nibbles(const uint8_t* src, const int8_t* x, int64_t b0, int64_t
     acc[0][h] = _mm512_add_epi32(_mm512_add_epi32(c[0][0][h], c[0][1][h]), _mm512_add_epi32(c[1][0][h], c[1][1][h]));
 }
 
+// One token tile of MR rows against the chunk [k0, k0 + len) (bytes in L1, or W4A8Panels' nibbles
+// at one token): the integer sums are started and handed to F::flush every F::group weights.
 template <int MR, class F>
 void tile_rows(const F& f, typename F::Panel& st, const uint8_t* pan, int64_t i0, int64_t k0, int64_t len,
                typename F::Acc* tile, Prefetch& pf) {
@@ -365,6 +365,8 @@ struct W4A8 {
 // [P][ng][32]: a group's 16 columns are one load, and no per-panel table is built (W4A8::begin's
 // table, one value at a time, cost more than a quarter of a warm one-token call at 4096 x 11008 on one thread).
 struct W4A8Panels : W4A8 {
+  static constexpr bool kNibbles = true;  // at M = 1 (raw) tile_rows reads the nibbles in place: dot_nibbles
+  bool raw = false;
   struct Panel {
     int64_t c0 = 0;
   };
@@ -389,8 +391,6 @@ struct W4A8Panels : W4A8 {
       }
     }
   }
-  static constexpr bool kNibbles = true;  // at M = 1 (raw) tile_rows reads the nibbles in place: dot_nibbles
-  bool raw = false;
   void source(int64_t c0, int64_t k0, int64_t len, Prefetch& pf) const {
     pf.row = w + c0 * kp / 2 + k0 * kCols / 2, pf.stride = 0, pf.bytes = len * kCols / 2, pf.rows_left = 1;
   }
