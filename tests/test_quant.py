@@ -142,7 +142,7 @@ def kernel_vs_reference(m, n, k, seed, pack, run, ref):
 @given(m=st.integers(1, 40), n=st.integers(1, 40), k=st.integers(1, 300), scheme=st.sampled_from(SCHEMES),
        seed=st.integers(0, 999), prepacked=st.booleans())
 def test_linear_matches_reference(quant_ops, m, n, k, scheme, seed, prepacked):
-    """prepacked: the layout this build reads fastest (W8A8 panels on AVX-512 VNNI), as QuantLinear uses it."""
+    """prepacked: the layout this build reads fastest (W8A8 and W4A8 panels on AVX-512 VNNI), as QuantLinear uses it."""
     kernel_vs_reference(m, n, k, seed, lambda w: packed(w, scheme, prepacked), Q.linear, Q.linear_ref)
 
 
