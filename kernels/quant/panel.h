@@ -11,8 +11,9 @@
 // so one 64-byte weight vector serves kRows tokens and one 4-byte broadcast two column halves.
 // Weights packed once into panels (W8A8Panels, W4A8Panels: what effnb.quant.prepack makes on
 // these builds) are read in place, one contiguous stream per panel, at every M; int4 nibbles are
-// split into L1 per chunk, or in registers at one token (dot_nibbles). On the Zen 5 of chapter 02
-// that beat the row kernels at M = 1 and 4 and the per-call repack below at 16 and 64. Row-major
+// split into L1 per chunk, or in registers at one token (dot_nibbles). At one token, int8 or int4,
+// every line is asked into L1 a page before it is read (Prefetch::ahead). On the Zen 5 of chapter 02
+// the panels beat the row kernels at M = 1 and 4 and the per-call repack below at 16 and 64. Row-major
 // weights (as quantize() packs them) are repacked on every call from EFFNB_QP_MMIN = 16 tokens (at
 // 4 to 12 the row kernels measured as fast or faster), a chunk of 32 columns x kChunk weights at a
 // time (16 x 16 dword transposes; int4 codes unpacked to bytes on the way), the next chunk's rows
@@ -75,12 +76,27 @@ inline __attribute__((always_inline)) void transposed_dwords(const uint8_t* base
   for (int j = 0; j < ndw; ++j) put(j, r[j]);
 }
 
+// Bytes ahead of the read point that a one-token call asks into L1 (see Prefetch::ahead).
+constexpr int64_t kAhead = 4096;
+
 // The next chunk's source rows, asked into L2 a few lines per step while this chunk computes
 // (a repack that waited on memory cost as much as the products at M = 16).
 struct Prefetch {
   const uint8_t* row = nullptr;  // the row being asked for; nullptr: nothing left
   int64_t stride = 0, bytes = 0, off = 0, rows_left = 0;
   int per = 1;  // lines per step
+  // At one token the panels are read in place, one contiguous stream, and the products are too
+  // few to hide a miss. There every line is asked into L1 kAhead bytes before it is read, up to
+  // `end` (the weights' end; nullptr: chunk-ahead steps instead). On the Zen 5 of chapter 02,
+  // cold, 2 threads, that streamed 5-22% faster than the next chunk asked into L2 (int8 and int4
+  // panels, medians of 7 interleaved rounds; 2-3 KiB ahead measured alike, 8 KiB, one line in two
+  // and hint T1 slower; also asking the group scales ahead added nothing).
+  const uint8_t* end = nullptr;
+  // the 16 lines (1 KiB) starting kAhead bytes past `at`
+  inline __attribute__((always_inline)) void ahead(const uint8_t* at) const {
+    for (int l = 0; l < 16; ++l)
+      if (at + kAhead + 64 * l < end) _mm_prefetch(reinterpret_cast<const char*>(at + kAhead + 64 * l), _MM_HINT_T0);
+  }
   inline __attribute__((always_inline)) void step() {
     for (int j = 0; j < per && row; ++j) {
       _mm_prefetch(reinterpret_cast<const char*>(row + off), _MM_HINT_T1);
@@ -98,7 +114,10 @@ template <int MR>
 inline __attribute__((always_inline)) void dot_quads(const uint8_t* pan, const int8_t* x, int64_t ldx, int64_t q0,
                                                      int64_t q1, __m512i (&acc)[MR][2], Prefetch& pf) {
   for (int64_t q8 = q0; q8 < q1; q8 += 8) {
-    pf.step();
+    if (pf.end)
+      pf.ahead(pan + q8 * 128);  // eight quads of 128 bytes: 1 KiB
+    else
+      pf.step();
     // eight steps written out: a rolled loop made GCC copy every accumulator between registers once per step
 #pragma GCC unroll 8
     for (int64_t q = q8; q < q8 + 8; ++q) {
@@ -117,16 +136,16 @@ inline __attribute__((always_inline)) void dot_quads(const uint8_t* pan, const i
 // One token against int4 panels straight from memory (W4A8Panels at M = 1, groups of whole 64-blocks):
 // 64-weight blocks [b0, b1) of the chunk at src, each 64-byte vector split into its two nibble quads
 // in registers instead of through L1. Eight accumulator chains (quad parity x nibble x half), so the
-// adds do not wait on vpdpbusd's latency; summed into acc at the end.
+// adds do not wait on vpdpbusd's latency; summed into acc at the end. Always a one-token stream:
+// pf asks ahead (pf.end set).
 inline void dot_nibbles(const uint8_t* src, const int8_t* x, int64_t b0, int64_t b1, __m512i (&acc)[1][2],
-                        Prefetch& pf) {
+                        const Prefetch& pf) {
   const __m512i low = _mm512_set1_epi8(0x0F);
   __m512i c[2][2][2];
   for (auto& a : c)
     for (auto& b : a) b[0] = b[1] = _mm512_setzero_si512();
   for (int64_t b = b0; b < b1; ++b) {
-    pf.step();  // two steps of 8 quads per block
-    pf.step();
+    pf.ahead(src + b * 1024);
 #pragma GCC unroll 8
     for (int j = 0; j < 8; ++j) {
       int32_t lo, hi;
@@ -202,10 +221,13 @@ void run(const F& codes, int64_t m, int64_t n, float* py) {
         for (int64_t k0 = 0; k0 < f.kp; k0 += chunk) {
           const int64_t len = std::min(chunk, f.kp - k0);
           const uint8_t* cp = f.chunk(c0, k0, len, pan.data());
-          // the chunk after this one: further along K, else the next panel of this grab
+          // one token read in place: ask ahead in the stream; else the chunk after this one (further
+          // along K, else the next panel of this grab)
           Prefetch pf;
           const int64_t nk = k0 + chunk < f.kp ? k0 + chunk : 0, nc = nk ? c0 : c0 + kCols;
-          if (nk || p + 1 < p1) {
+          if (m == 1 && f.in_place()) {
+            pf.end = f.end();
+          } else if (nk || p + 1 < p1) {
             f.source(nc, nk, std::min(chunk, f.kp - nk), pf);
             pf.per = static_cast<int>((pf.rows_left * (pf.bytes / 64) + steps - 1) / steps);
           }
@@ -249,6 +271,8 @@ struct W8A8 {
   int64_t ldx = 0;  // xq's row stride (run() pads it)
 
   int64_t group() const { return kChunk; }
+  bool in_place() const { return false; }  // chunks are repacked into L1
+  const uint8_t* end() const { return nullptr; }
   void begin(Panel& st, int64_t c0) const { st.c0 = c0; }
   void source(int64_t c0, int64_t k0, int64_t len, Prefetch& pf) const {
     pf.row = reinterpret_cast<const uint8_t*>(w) + c0 * kp + k0, pf.stride = kp, pf.bytes = len;
@@ -287,6 +311,8 @@ struct W8A8 {
 // [Kp/4][32][4] bytes, sign bits flipped, so a chunk is a contiguous run the kernel reads in place.
 struct W8A8Panels : W8A8 {
   const uint8_t* base() const { return reinterpret_cast<const uint8_t*>(w); }
+  bool in_place() const { return true; }
+  const uint8_t* end() const { return base() + (n + kCols - 1) / kCols * kCols * kp; }
   void source(int64_t c0, int64_t k0, int64_t len, Prefetch& pf) const {
     pf.row = base() + c0 * kp + k0 * kCols, pf.stride = 0, pf.bytes = len * kCols, pf.rows_left = 1;
   }
@@ -311,6 +337,8 @@ struct W4A8 {
   int64_t ldx = 0;  // xq's row stride (run() pads it)
 
   int64_t group() const { return g; }
+  bool in_place() const { return false; }  // chunks are repacked into L1
+  const uint8_t* end() const { return nullptr; }
   void source(int64_t c0, int64_t k0, int64_t len, Prefetch& pf) const {
     pf.row = w + (c0 * kp + k0) / 2, pf.stride = kp / 2, pf.bytes = len / 2;
     pf.rows_left = std::min<int64_t>(kCols, n - c0);
@@ -371,6 +399,8 @@ struct W4A8Panels : W4A8 {
     int64_t c0 = 0;
   };
   void begin(Panel& st, int64_t c0) const { st.c0 = c0; }
+  bool in_place() const { return raw; }
+  const uint8_t* end() const { return w + (n + kCols - 1) / kCols * kCols * kp / 2; }
   float finish(const Panel&, int64_t, int64_t, float v) const { return v; }
   template <int MR>
   void flush(Panel& st, int64_t i0, int64_t gi, __m512i (&acc)[MR][2], float* tile) const {
