@@ -411,6 +411,14 @@ void int4_a8_zmm_rows(const Int4Args& A, int64_t m, int64_t n, float* py) {
 }
 #endif
 
+// xs * code sum per token and group, [M][ng]: the zero point's term of an integer product with
+// unsigned int4 codes (sum (u - z) a = sum u a - z sum a)
+std::vector<float> zero_terms(const Acts& act) {
+  std::vector<float> xc(act.xs.size());
+  for (size_t j = 0; j < xc.size(); ++j) xc[j] = act.xs[j] * static_cast<float>(act.xsum[j]);
+  return xc;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- int4 weights
@@ -453,8 +461,7 @@ at::Tensor quant_w4_linear(const at::Tensor& x, const at::Tensor& packed, const 
   const at::Half* psc = scales.data_ptr<at::Half>();
   const uint8_t* pz = has_zero ? zeros.data_ptr<uint8_t>() : nullptr;
   float* py = y.data_ptr<float>();
-  std::vector<float> xc(a8 ? m * ng : 0);
-  for (size_t j = 0; j < xc.size(); ++j) xc[j] = act.xs[j] * static_cast<float>(act.xsum[j]);
+  const std::vector<float> xc = a8 ? zero_terms(act) : std::vector<float>{};
   std::vector<float> xs_t, xc_t;
 #if EFFNB_Q4_ZMM
   if (a8 && m >= EFFNB_QP_MMIN) {
@@ -525,8 +532,7 @@ at::Tensor quant_w4a8_panels(const at::Tensor& x, const at::Tensor& packed, cons
   if (m == 0 || n == 0) return y;
 #if EFFNB_Q4_ZMM
   const Acts act = prepare_acts(x, kp, group, true);
-  std::vector<float> xc(m * ng);
-  for (size_t j = 0; j < xc.size(); ++j) xc[j] = act.xs[j] * static_cast<float>(act.xsum[j]);
+  const std::vector<float> xc = zero_terms(act);
   panel::run(panel::W4A8Panels{{packed.data_ptr<uint8_t>(), scales.data_ptr<at::Half>(),
                                 has_zero ? zeros.data_ptr<uint8_t>() : nullptr, kp, n, ng, group, act.xq.data(),
                                 act.xs.data(), xc.data()}},

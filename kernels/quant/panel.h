@@ -425,9 +425,9 @@ struct W4A8Panels : W4A8 {
     pf.row = w + c0 * kp / 2 + k0 * kCols / 2, pf.stride = 0, pf.bytes = len * kCols / 2, pf.rows_left = 1;
   }
   const uint8_t* chunk(int64_t c0, int64_t k0, int64_t len, uint8_t* pan) const {
-    const __m512i low = _mm512_set1_epi8(0x0F);
     const uint8_t* src = w + c0 * kp / 2 + k0 * kCols / 2;
     if (raw) return src;
+    const __m512i low = _mm512_set1_epi8(0x0F);
     for (int64_t b = 0; b < len / 64; ++b)
       for (int j = 0; j < 8; ++j)
         for (int h = 0; h < 2; ++h) {
