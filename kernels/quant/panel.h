@@ -11,7 +11,7 @@
 // so one 64-byte weight vector serves kRows tokens and one 4-byte broadcast two column halves.
 // Weights packed once into panels (W8A8Panels, W4A8Panels: what effnb.quant.prepack makes on
 // these builds) are read in place, one contiguous stream per panel, at every M; int4 nibbles are
-// split into L1 per chunk, or in registers at one token (dot_nibbles). At one token, int8 or int4,
+// split into L1 per chunk, or in registers at one token (dot_nibbles). Up to 8 tokens (one tile)
 // every line is asked into L1 a page before it is read (Prefetch::ahead). On the Zen 5 of chapter 02
 // the panels beat the row kernels at M = 1 and 4 and the per-call repack below at 16 and 64. Row-major
 // weights (as quantize() packs them) are repacked on every call from EFFNB_QP_MMIN = 16 tokens (at
@@ -76,7 +76,7 @@ inline __attribute__((always_inline)) void transposed_dwords(const uint8_t* base
   for (int j = 0; j < ndw; ++j) put(j, r[j]);
 }
 
-// Bytes ahead of the read point that a one-token call asks into L1 (see Prefetch::ahead).
+// Bytes ahead of the read point that a call of one token tile asks into L1 (see Prefetch::ahead).
 constexpr int64_t kAhead = 4096;
 
 // The next chunk's source rows, asked into L2 a few lines per step while this chunk computes
@@ -85,12 +85,13 @@ struct Prefetch {
   const uint8_t* row = nullptr;  // the row being asked for; nullptr: nothing left
   int64_t stride = 0, bytes = 0, off = 0, rows_left = 0;
   int per = 1;  // lines per step
-  // At one token the panels are read in place, one contiguous stream, and the products are too
-  // few to hide a miss. There every line is asked into L1 kAhead bytes before it is read, up to
-  // `end` (the weights' end; nullptr: chunk-ahead steps instead). On the Zen 5 of chapter 02,
-  // cold, 2 threads, that streamed 5-22% faster than the next chunk asked into L2 (int8 and int4
-  // panels, medians of 7 interleaved rounds; 2-3 KiB ahead measured alike, 8 KiB, one line in two
-  // and hint T1 slower; also asking the group scales ahead added nothing).
+  // With one token tile (M <= kRows) every panel byte is read once, as one contiguous stream, and
+  // the products are too few to hide a miss. There every line is asked into L1 kAhead bytes before
+  // it is read, up to `end` (the weights' end; nullptr: chunk-ahead steps instead). On the Zen 5 of
+  // chapter 02, cold, 2 threads, at M = 1 that streamed 5-22% faster than the next chunk asked into
+  // L2 (int8 and int4 panels, medians of 7 interleaved rounds; 2-3 KiB ahead measured alike, 8 KiB,
+  // one line in two and hint T1 slower; asking the group scales ahead added nothing), and at
+  // M = 2..8 0-20% (5 rounds).
   const uint8_t* end = nullptr;
   // the 16 lines (1 KiB) starting kAhead bytes past `at`
   inline __attribute__((always_inline)) void ahead(const uint8_t* at) const {
@@ -136,8 +137,8 @@ inline __attribute__((always_inline)) void dot_quads(const uint8_t* pan, const i
 // One token against int4 panels straight from memory (W4A8Panels at M = 1, groups of whole 64-blocks):
 // 64-weight blocks [b0, b1) of the chunk at src, each 64-byte vector split into its two nibble quads
 // in registers instead of through L1. Eight accumulator chains (quad parity x nibble x half), so the
-// adds do not wait on vpdpbusd's latency; summed into acc at the end. Always a one-token stream:
-// pf asks ahead (pf.end set).
+// adds do not wait on vpdpbusd's latency; summed into acc at the end. Always one token tile read
+// in place: pf asks ahead (pf.end set).
 inline void dot_nibbles(const uint8_t* src, const int8_t* x, int64_t b0, int64_t b1, __m512i (&acc)[1][2],
                         const Prefetch& pf) {
   const __m512i low = _mm512_set1_epi8(0x0F);
@@ -196,7 +197,10 @@ void run(const F& codes, int64_t m, int64_t n, float* py) {
   // fell into the same L1 sets (~10% at M = 64)
   constexpr int64_t kPad = 64;
   F f = codes;
-  if constexpr (F::kNibbles) f.raw = m == 1 && f.group() % 64 == 0;
+  if constexpr (F::kNibbles) {
+    f.raw = m == 1 && f.group() % 64 == 0;
+    f.ahead = m <= kRows;
+  }
   f.ldx = f.kp + kPad;
   std::vector<int8_t> xpad(static_cast<size_t>(m * f.ldx));
   for (int64_t i = 0; i < m; ++i) std::memcpy(xpad.data() + i * f.ldx, codes.xq + i * f.kp, f.kp);
@@ -221,11 +225,11 @@ void run(const F& codes, int64_t m, int64_t n, float* py) {
         for (int64_t k0 = 0; k0 < f.kp; k0 += chunk) {
           const int64_t len = std::min(chunk, f.kp - k0);
           const uint8_t* cp = f.chunk(c0, k0, len, pan.data());
-          // one token read in place: ask ahead in the stream; else the chunk after this one (further
-          // along K, else the next panel of this grab)
+          // one token tile read in place: ask ahead in the stream; else the chunk after this one
+          // (further along K, else the next panel of this grab)
           Prefetch pf;
           const int64_t nk = k0 + chunk < f.kp ? k0 + chunk : 0, nc = nk ? c0 : c0 + kCols;
-          if (m == 1 && f.in_place()) {
+          if (m <= kRows && f.in_place()) {
             pf.end = f.end();
           } else if (nk || p + 1 < p1) {
             f.source(nc, nk, std::min(chunk, f.kp - nk), pf);
@@ -394,7 +398,8 @@ struct W4A8 {
 // table, one value at a time, cost more than a quarter of a warm one-token call at 4096 x 11008 on one thread).
 struct W4A8Panels : W4A8 {
   static constexpr bool kNibbles = true;  // at M = 1 (raw) tile_rows reads the nibbles in place: dot_nibbles
-  bool raw = false;
+  bool raw = false;    // one token, groups of whole 64-blocks: read in place
+  bool ahead = false;  // one token tile: chunk() asks its source ahead as it splits (Prefetch::ahead)
   struct Panel {
     int64_t c0 = 0;
   };
@@ -428,13 +433,17 @@ struct W4A8Panels : W4A8 {
     const uint8_t* src = w + c0 * kp / 2 + k0 * kCols / 2;
     if (raw) return src;
     const __m512i low = _mm512_set1_epi8(0x0F);
-    for (int64_t b = 0; b < len / 64; ++b)
+    Prefetch pf;
+    if (ahead) pf.end = end();
+    for (int64_t b = 0; b < len / 64; ++b) {
+      if (ahead) pf.ahead(src + b * 1024);
       for (int j = 0; j < 8; ++j)
         for (int h = 0; h < 2; ++h) {
           const __m512i v = _mm512_loadu_si512(src + ((b * 8 + j) * 2 + h) * 64);
           _mm512_storeu_si512(pan + (b * 16 + j) * 128 + 64 * h, _mm512_and_si512(v, low));
           _mm512_storeu_si512(pan + (b * 16 + j + 8) * 128 + 64 * h, _mm512_and_si512(_mm512_srli_epi16(v, 4), low));
         }
+    }
     return pan;
   }
 };
