@@ -234,6 +234,13 @@ def _per_panel(t: torch.Tensor, npan: int) -> torch.Tensor:
     return t.view(npan, PANEL, -1).transpose(1, 2).contiguous()
 
 
+def _per_row(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Inverse of :func:`_per_panel`: [P, G, 32] -> [N, G], padding rows dropped."""
+    if not t.numel():
+        return t
+    return t.transpose(1, 2).reshape(-1, t.shape[1])[:n].contiguous()
+
+
 def to_rows(p: Packed) -> Packed:
     """Inverse of :func:`to_panels` (``p`` itself when it is in rows already)."""
     if p.layout == "rows":
@@ -245,8 +252,7 @@ def to_rows(p: Packed) -> Packed:
         scales, zeros = p.scales, p.zeros
     else:
         q = p.q.view(npan, p.kp // 64, 8, 2, 16, 4).permute(0, 3, 4, 1, 2, 5).reshape(npan * PANEL, p.kp // 2)
-        scales, zeros = (t.transpose(1, 2).reshape(npan * PANEL, -1)[:p.n].contiguous() if t.numel() else t
-                         for t in (p.scales, p.zeros))
+        scales, zeros = (_per_row(t, p.n) for t in (p.scales, p.zeros))
     return Packed(p.scheme, p.n, p.k, p.kp, p.group, q[:p.n].contiguous(), scales, zeros)
 
 

@@ -31,24 +31,26 @@ SCHEMAS = {  # x is fp32 [M, K]; every op returns fp32 [M, N], N the weight's ro
 _loaded: list[bool] = []   # the answer of available(), asked once per process
 
 
-def _output(x: torch.Tensor, weight_rows: torch.Tensor) -> torch.Tensor:
-    return x.new_empty((x.shape[0], weight_rows.shape[0]), dtype=torch.float32)
+def _output(x: torch.Tensor, n: int) -> torch.Tensor:
+    """What every op returns for N output columns: fp32 [M, N]."""
+    return x.new_empty((x.shape[0], n), dtype=torch.float32)
 
 
 def _declare() -> None:
     if FAMILY in ext._libraries:
         return
     ext.declare(FAMILY, SCHEMAS)
-    torch.library.register_fake("effnb::quant_w8_linear")(lambda x, q, scales, a8: _output(x, scales))
+    # N is the scales' length for int8 (rows or panels), the packed rows otherwise, an argument for int4 panels
+    torch.library.register_fake("effnb::quant_w8_linear")(lambda x, q, scales, a8: _output(x, scales.shape[0]))
     torch.library.register_fake("effnb::quant_w4_linear")(
-        lambda x, packed, scales, zeros, group, a8: _output(x, packed))
-    torch.library.register_fake("effnb::quant_w4a8_panels")(
-        lambda x, packed, scales, zeros, group, n: x.new_empty((x.shape[0], n), dtype=torch.float32))
+        lambda x, packed, scales, zeros, group, a8: _output(x, packed.shape[0]))
+    torch.library.register_fake("effnb::quant_w4a8_panels")(lambda x, packed, scales, zeros, group, n: _output(x, n))
     torch.library.register_fake("effnb::quant_dgq_linear")(
-        lambda x, packed, kint, scale, group: _output(x, packed))
+        lambda x, packed, kint, scale, group: _output(x, packed.shape[0]))
     torch.library.register_fake("effnb::quant_peak_int8")(lambda out, iters: None)
-    torch.library.register_fake("effnb::quant_ternary_linear")(lambda x, packed, scales: _output(x, packed))
-    torch.library.register_fake("effnb::quant_binary_linear")(lambda x, packed, scales: _output(x, packed))
+    torch.library.register_fake("effnb::quant_ternary_linear")(
+        lambda x, packed, scales: _output(x, packed.shape[0]))
+    torch.library.register_fake("effnb::quant_binary_linear")(lambda x, packed, scales: _output(x, packed.shape[0]))
 
 
 def available() -> bool:
