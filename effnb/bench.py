@@ -3,10 +3,12 @@
 Rules (the methodology page explains them): the first call is timed apart as
 compile/JIT time; then warm-up calls; then ``repeats`` samples, each long
 enough to dwarf the timer's resolution; we report the median and the
-interquartile range and warn when the spread is large. In cold mode every call
-reads a different copy of its inputs, rotating through a working set of at
-least 4x the last-level cache, as a real decode pass or a long stream does
-(the cache this machine really holds, measured: :mod:`effnb.cachesize`).
+interquartile range and warn when the spread is large. Contenders raced at
+one size take their samples in turns, so load meets them alike. In cold mode
+every call reads a different copy of its inputs, rotating through a working
+set of at least 4x the last-level cache, as a real decode pass or a long
+stream does (the cache this machine really holds, measured:
+:mod:`effnb.cachesize`).
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from . import cachesize, provenance
 COLD_FACTOR = 4          # cold working set >= COLD_FACTOR x last-level cache
 SPREAD_WARN = 0.10       # warn when IQR / median exceeds this
 MIN_SAMPLE_S = 2e-3      # each sample lasts at least this long
+REWARM_BELOW_S = 20e-3   # warm calls shorter than this refill their caches before each sample: the refill
+#                          (tens of MiB at memory speed, about a millisecond) is a tenth of them or more
 
 
 class SpreadWarning(UserWarning):
@@ -77,53 +81,89 @@ def measure(fn: Callable[[], Any] | list[Callable[[], Any]], *, warmup: int = 3,
     The first call is timed on its own and reported as ``compile_s`` (JIT,
     lazy initialisation, first touch of memory); it never enters the median.
     """
+    return measure_together({label: fn}, warmup=warmup, repeats=repeats, min_sample_s=min_sample_s,
+                            working_set_bytes={label: working_set_bytes}, stacklevel=3)[label]
+
+
+def measure_together(fns: Mapping[str, Callable[[], Any] | list[Callable[[], Any]]], *, warmup: int = 3,
+                     repeats: int = 15, min_sample_s: float = MIN_SAMPLE_S, cold: bool = True,
+                     working_set_bytes: Mapping[str, int] | None = None, stacklevel: int = 2) -> dict[str, Timing]:
+    """Time several contenders sample by sample in turn (A, B, C, B, C, A, ...), one :class:`Timing` each.
+
+    Load on a shared machine comes in bursts: timed one after the other, a
+    burst lands on whichever side was running and decides the ratio. Taken in
+    turns, every side meets the same load. Each side is compiled, warmed and
+    calibrated (calls per sample) apart first; the order turns one step per
+    round so no side always follows the same neighbour. Warm contenders
+    (``cold=False``) whose call is shorter than ``REWARM_BELOW_S`` get one
+    untimed call before each sample, to refill the caches its neighbour used.
+    """
     if warmup < 0 or repeats < 3:
         raise ValueError(f"need warmup >= 0 and repeats >= 3 (got warmup={warmup}, repeats={repeats})")
-    fns = fn if isinstance(fn, (list, tuple)) else [fn]
-    if not fns:
+    sides = {key: list(f) if isinstance(f, (list, tuple)) else [f] for key, f in fns.items()}
+    if not sides or not all(sides.values()):
         raise ValueError("measure() needs at least one callable")
-    t0 = time.perf_counter()
-    for f in fns:  # first touch of every copy; the first call also compiles
-        f()
-        if f is fns[0]:
-            compile_s = time.perf_counter() - t0
-    k = 0
-    for _ in range(warmup):
-        fns[k % len(fns)]()
-        k += 1
-    # Calibrate: enough calls per sample that one sample lasts >= min_sample_s.
-    t0 = time.perf_counter()
-    fns[k % len(fns)]()
-    k += 1
-    one = max(time.perf_counter() - t0, 1e-9)
-    calls = max(1, math.ceil(min_sample_s / one))
-    times = np.empty(repeats)
-    for r in range(repeats):
+    turn = {key: 0 for key in sides}     # each side rotates through its own copies
+
+    def call(key):
+        copies = sides[key]
+        copies[turn[key] % len(copies)]()
+        turn[key] += 1
+
+    compile_s, calls, rewarm = {}, {}, {}
+    for key, copies in sides.items():
         t0 = time.perf_counter()
-        for _ in range(calls):
-            fns[k % len(fns)]()
-            k += 1
-        times[r] = (time.perf_counter() - t0) / calls
-    timing = Timing(times, compile_s, calls, working_set_bytes, label)
-    if timing.spread > SPREAD_WARN:
-        msg = f"{label or 'timing'}: IQR is {100 * timing.spread:.0f}% of the median; the machine may be busy"
-        timing.notes.append(msg)
-        warnings.warn(msg, SpreadWarning, stacklevel=2)
-    return timing
+        for f in copies:  # first touch of every copy; the first call also compiles
+            f()
+            if f is copies[0]:
+                compile_s[key] = time.perf_counter() - t0
+        for _ in range(warmup):
+            call(key)
+        # Calibrate: enough calls per sample that one sample lasts >= min_sample_s.
+        t0 = time.perf_counter()
+        call(key)
+        one = max(time.perf_counter() - t0, 1e-9)
+        calls[key] = max(1, math.ceil(min_sample_s / one))
+        rewarm[key] = not cold and len(sides) > 1 and one < REWARM_BELOW_S
+    keys = list(sides)
+    times = {key: np.empty(repeats) for key in keys}
+    for r in range(repeats):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            if rewarm[key]:
+                call(key)
+            t0 = time.perf_counter()
+            for _ in range(calls[key]):
+                call(key)
+            times[key][r] = (time.perf_counter() - t0) / calls[key]
+    out = {}
+    for key in keys:
+        ws = (working_set_bytes or {}).get(key, 0)
+        t = out[key] = Timing(times[key], compile_s[key], calls[key], ws, key)
+        if t.spread > SPREAD_WARN:
+            msg = f"{key or 'timing'}: IQR is {100 * t.spread:.0f}% of the median; the machine may be busy"
+            t.notes.append(msg)
+            warnings.warn(msg, SpreadWarning, stacklevel=stacklevel)
+    return out
+
+
+def _per_provider(count, name):
+    """A provider's own work counter when ``count`` maps names to counters, else ``count`` itself."""
+    return count.get(name) if isinstance(count, Mapping) else count
 
 
 def bench(providers: Mapping[str, Callable[[Any], Callable[[], Any]]], sizes: Iterable, *,
-          bytes_moved: Callable[[Any], float] | None = None, flops: Callable[[Any], float] | None = None,
-          cold: bool = False, working_set: Callable[[Any], int] | None = None,
+          bytes_moved=None, flops=None, cold: bool = False, working_set: Callable[[Any], int] | None = None,
           warmup: int = 3, repeats: int = 15, progress: bool = True, desc: str = "bench"):
     """Measure every provider at every size in one run; return a tidy DataFrame.
 
     ``providers`` maps a name to a factory: ``factory(size)`` builds fresh
-    inputs and returns a no-argument callable. In cold mode the factory is
-    called as often as needed for a working set of 4x the last-level cache
-    (``working_set(size)`` gives one instance's bytes, default ``bytes_moved``).
-    With ``bytes_moved`` / ``flops`` the frame gets GB/s / GFLOP/s columns, with
-    the interquartile band as ``*_lo`` / ``*_hi``.
+    inputs and returns a no-argument callable. At each size every provider's
+    inputs are built, then all are timed in turns (:func:`measure_together`).
+    In cold mode the factory is called as often as needed for a working set of
+    4x the last-level cache (``working_set(size)`` gives one instance's bytes,
+    default ``bytes_moved``). With ``bytes_moved`` / ``flops`` (a function of
+    the size, or a dict of them by provider) the frame gets GB/s / GFLOP/s
+    columns, with the interquartile band as ``*_lo`` / ``*_hi``.
     """
     import pandas as pd
     from .plots import quiet_tqdm
@@ -131,31 +171,33 @@ def bench(providers: Mapping[str, Callable[[Any], Callable[[], Any]]], sizes: It
 
     sizes = list(sizes)
     rows = []
-    jobs = [(name, size) for size in sizes for name in providers]
-    for name, size in tqdm(jobs, desc=desc, disable=not progress, leave=False):
-        factory = providers[name]
-        if cold:
-            per = (working_set or bytes_moved)
-            if per is None:
-                raise ValueError("cold=True needs working_set= or bytes_moved= to size the working set")
-            n = cold_copies(int(per(size)))
-            fns = [factory(size) for _ in range(n)]
-            ws = n * int(per(size))
-        else:
-            fns = factory(size)
-            ws = int(working_set(size)) if working_set else 0
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", SpreadWarning)
-            t = measure(fns, warmup=warmup, repeats=repeats, label=f"{name} @ {size}", working_set_bytes=ws)
+    for size in tqdm(sizes, desc=desc, disable=not progress, leave=False):
+        fns, ws = {}, {}
+        for name, factory in providers.items():
+            per = working_set or _per_provider(bytes_moved, name)
+            if cold:
+                if per is None:
+                    raise ValueError("cold=True needs working_set= or bytes_moved= to size the working set")
+                n = cold_copies(int(per(size)))
+                fns[name] = [factory(size) for _ in range(n)]
+                ws[name] = n * int(per(size))
+            else:
+                fns[name] = factory(size)
+                ws[name] = int(working_set(size)) if working_set else 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SpreadWarning)   # the spread_warning column says it
+            timings = measure_together(fns, warmup=warmup, repeats=repeats, cold=cold, working_set_bytes=ws)
         del fns
-        row = {"provider": name, "size": size, "median_s": t.median, "q25_s": t.q25, "q75_s": t.q75,
-               "spread": t.spread, "compile_s": t.compile_s, "cold": cold, "working_set_bytes": ws,
-               "spread_warning": bool(caught)}
-        for col, count, scale in (("gbps", bytes_moved, 1e9), ("gflops", flops, 1e9)):
-            if count is not None:
-                c = float(count(size)) / scale
-                row[col], row[col + "_lo"], row[col + "_hi"] = c / t.median, c / t.q75, c / t.q25
-        rows.append(row)
+        for name, t in timings.items():
+            row = {"provider": name, "size": size, "median_s": t.median, "q25_s": t.q25, "q75_s": t.q75,
+                   "spread": t.spread, "compile_s": t.compile_s, "cold": cold, "working_set_bytes": ws[name],
+                   "spread_warning": bool(t.notes)}
+            for col, count, scale in (("gbps", bytes_moved, 1e9), ("gflops", flops, 1e9)):
+                count = _per_provider(count, name)
+                if count is not None:
+                    c = float(count(size)) / scale
+                    row[col], row[col + "_lo"], row[col + "_hi"] = c / t.median, c / t.q75, c / t.q25
+            rows.append(row)
     return pd.DataFrame(rows)
 
 

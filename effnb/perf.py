@@ -3,8 +3,10 @@
 A chapter states WHAT to race, once: the x values, the providers (a stable key,
 a label for readers, a factory, the backend that runs it, ours or a peer), cold
 or warm inputs, the work per call (bytes, flops) and the baseline. ``run()``
-measures every provider at every x in one sitting (``rounds`` interleaved
-sweeps, each provider keeps its fastest: load only ever slows a run) and gives
+measures every provider at every x in one sitting (at each x the providers
+take their samples in turns, so a burst of load meets them all; ``rounds``
+sweeps over the x values, each provider keeps its fastest: load only ever
+slows a run) and gives
 a :class:`Result` whose ``table()`` has, for each of ours, the ratio to the
 baseline and to the FASTEST peer at that x (named), % of the machine's limit
 and the backend; ``plot()`` draws it with the machine in the caption.
@@ -21,7 +23,6 @@ and the backend; ``plot()`` draws it with the machine in the caption.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -81,26 +82,23 @@ class Benchmark:
             raise ValueError(f"rounds={self.rounds!r}: pass a whole number >= 1")
 
     def run(self, progress: bool = True) -> "Result":
-        """Measure every provider at every x, ``rounds`` times interleaved; each keeps its fastest round."""
+        """Measure every provider at every x, samples taken in turns, ``rounds`` sweeps; each keeps its fastest."""
         import pandas as pd
         from .plots import quiet_tqdm
         tqdm = quiet_tqdm()
         frames = []
-        jobs = self.rounds * sum(1 for x in self.x_values for p in self.providers if p.only is None or p.only(x))
-        bar = tqdm(total=jobs, desc=self.name, disable=not progress, leave=False)
+        bar = tqdm(total=self.rounds * len(self.x_values), desc=self.name, disable=not progress, leave=False)
         for r in range(self.rounds):
             for x in self.x_values:
-                for p in self.providers:
-                    if p.only is not None and not p.only(x):
-                        continue
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", bench.SpreadWarning)  # the spread column says it
-                        df = bench.bench({p.key: p.make}, [x], bytes_moved=p.bytes_moved or self.bytes_moved,
-                                         flops=p.flops or self.flops, cold=self.cold, working_set=self.working_set,
-                                         warmup=self.warmup, repeats=self.repeats, progress=False)
-                    df["round"] = r
-                    frames.append(df)
-                    bar.update(1)
+                here = [p for p in self.providers if p.only is None or p.only(x)]
+                df = bench.bench({p.key: p.make for p in here}, [x],
+                                 bytes_moved={p.key: p.bytes_moved or self.bytes_moved for p in here},
+                                 flops={p.key: p.flops or self.flops for p in here}, cold=self.cold,
+                                 working_set=self.working_set, warmup=self.warmup, repeats=self.repeats,
+                                 progress=False)
+                df["round"] = r
+                frames.append(df)
+                bar.update(1)
         bar.close()
         every = pd.concat(frames, ignore_index=True)
         every["x"] = every["size"].map(self.x_label)

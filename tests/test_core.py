@@ -51,6 +51,58 @@ def test_measure_rejects_bad_settings(bad):
         bench.measure(lambda: None, **bad)
 
 
+@pytest.mark.filterwarnings("ignore::effnb.bench.SpreadWarning")
+def test_measure_together_takes_samples_in_turns():
+    order = []
+    fns = {k: (lambda k=k: order.append(k)) for k in "ABC"}
+    timings = bench.measure_together(fns, warmup=0, repeats=3, min_sample_s=0)
+    assert list(timings) == ["A", "B", "C"] and all(len(t.times) == 3 for t in timings.values())
+    # each side: a first call, a calibration call; then one call per sample, the order turning each round
+    assert order == ["A", "A", "B", "B", "C", "C"] + list("ABC") + list("BCA") + list("CAB")
+
+
+def _clocked(monkeypatch, slow_calls: range):
+    """Calls that advance a fake clock by 1 ms, or 3 ms while the machine is 'busy' (the calls in slow_calls)."""
+    state = {"t": 0.0, "n": 0}
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: state["t"])
+
+    def call():
+        state["t"] += 3e-3 if state["n"] in slow_calls else 1e-3
+        state["n"] += 1
+    return call
+
+
+@pytest.mark.filterwarnings("ignore::effnb.bench.SpreadWarning")
+def test_a_burst_of_load_meets_every_side(monkeypatch):
+    # the same work on both sides; a burst over the first 10 samples of 18. Taken in turns, both sides meet
+    # it alike (ratio 1); timed one after the other, it lands on one side (what this test guards against)
+    call = _clocked(monkeypatch, range(4, 14))
+    t = bench.measure_together({"a": call, "b": call}, warmup=0, repeats=9, min_sample_s=0)
+    assert t["a"].median == pytest.approx(t["b"].median)
+    alone = _clocked(monkeypatch, range(2, 12))
+    ta, tb = bench.measure(alone, warmup=0, repeats=9, min_sample_s=0), bench.measure(alone, warmup=0, repeats=9,
+                                                                                      min_sample_s=0)
+    assert ta.median / tb.median == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("cold, extra", [(False, 3), (True, 0)])
+def test_warm_sides_refill_their_caches_before_each_sample(cold, extra):
+    counts = {"a": 0, "b": 0}
+
+    def side(k):
+        def call():
+            counts[k] += 1
+        return call
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bench.SpreadWarning)
+        bench.measure_together({"a": side("a"), "b": side("b")}, warmup=1, repeats=3, min_sample_s=0, cold=cold)
+        # first call, warm-up, calibration, 3 samples of one call, and one untimed call before each when warm
+        assert counts == {"a": 6 + extra, "b": 6 + extra}
+        counts["a"] = 0
+        bench.measure_together({"a": side("a")}, warmup=1, repeats=3, min_sample_s=0, cold=False)
+    assert counts["a"] == 6, "a side timed alone has nothing to refill"
+
+
 def test_cold_copies_overflow_the_llc():
     n = bench.cold_copies(8 << 20, llc=32 << 20)
     assert n * (8 << 20) >= 4 * (32 << 20)
@@ -70,6 +122,9 @@ def test_bench_tidy_frame_units_and_ratio():
     assert (df.gbps > 0).all() and (df.gbps_lo <= df.gbps).all() and (df.gbps <= df.gbps_hi).all()
     r = bench.ratio(df, "sum", "sum2")
     assert list(r.index) == [1024, 4096] and (r > 0).all()
+    own = bench.bench({"sum": make, "sum2": make}, [1024], bytes_moved={"sum": lambda n: 4 * n, "sum2": lambda n: 8 * n},
+                      repeats=3, warmup=1, progress=False)
+    assert "gflops" not in own and own.gbps.notna().all()   # each provider counts its own bytes
     with pytest.raises(KeyError, match="not in this benchmark"):
         bench.ratio(df, "sum", "nope")
 

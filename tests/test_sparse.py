@@ -35,6 +35,19 @@ def close(got, ref, k):
 
 # ---------------------------------------------------------------- the kernels
 
+@settings(max_examples=60, deadline=None)
+@given(numel=st.integers(1, 300), levels=st.integers(1, 6), sparsity=st.floats(0.0, 0.99), seed=st.integers(0, 99))
+def test_magnitude_mask_keeps_what_a_stable_sort_keeps(numel, levels, sparsity, seed):
+    # few distinct magnitudes, so most thresholds fall inside a run of ties
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randint(-levels, levels + 1, (numel,), generator=g).float()
+    keep = S.magnitude_mask(w.view(1, -1), sparsity).flatten()
+    n_drop = int(round(sparsity * numel))
+    expect = torch.ones(numel, dtype=torch.bool)
+    expect[torch.argsort(w.abs(), stable=True)[:n_drop]] = False   # lowest first, ties in position order
+    assert torch.equal(keep, expect)
+
+
 def test_cpp_is_under_test():
     """Wherever a compiler exists the C++ family must be loaded: a broken build must not pass as the fallback."""
     assert_cpp_under_test("sparse", S.backend())

@@ -75,13 +75,14 @@ def _bsr_works() -> bool:
 
 
 def linear_benchmark(shapes: list, ms: list, sparsities: list, *, repeats: int = 5, seed: int = 0,
-                     bsr: bool = False) -> perf.Benchmark:
+                     bsr: bool = False, rounds: int = 1) -> perf.Benchmark:
     """Sparse Linear against dense ``F.linear`` and torch's and scipy's CSR, cold weights, one x per
     (shape, M, sparsity). Each provider counts its own weight bytes (values, indices, pointers) and its
     own FLOPs (2 M per stored weight). ``bsr=True`` adds torch's BSR, pruned in 4x4 blocks to the same
     sparsity (the unstructured pattern has no empty blocks), where this torch supports it. Ours is the
     default layout: at M = 1 the SpMV reads column blocks where they are fewer bytes than CSR
-    (:func:`~effnb.sparse.formats.sparsify` decides per weight), and counts the bytes of what it read."""
+    (:func:`~effnb.sparse.formats.sparsify` decides per weight), and counts the bytes of what it read.
+    ``rounds`` sweeps, each provider keeping its fastest: each sweep builds its weights again."""
     import scipy.sparse as sps
     read: dict = {}   # per case: the bytes our kernel reads (values, indices, pointers of the layout it runs)
 
@@ -133,7 +134,7 @@ def linear_benchmark(shapes: list, ms: list, sparsities: list, *, repeats: int =
                                   lambda c: blocks(c) * (64 + 8) + 8 * (c.n // 4 + 1), lambda c: 16 * blocks(c)))
     cases = [LinearCase(int(n), int(k), int(m), float(s)) for n, k in shapes for m in ms for s in sparsities]
     return perf.Benchmark(name="sparse Linear vs dense F.linear, cold fp32 weights", x="case", x_values=cases,
-                          providers=providers, baseline=DENSE, cold=True, repeats=repeats,
+                          providers=providers, baseline=DENSE, cold=True, repeats=repeats, rounds=rounds,
                           x_label=LinearCase.label)
 
 

@@ -213,14 +213,16 @@ def top_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
     if n_drop == 0:
         return torch.ones_like(score, dtype=torch.bool)
     flat = score.flatten()
-    if n_drop < flat.numel():  # fast path: a threshold (exact when there are no ties at it)
-        thr = torch.kthvalue(flat, n_drop).values
-        keep = flat > thr
-        if int(keep.sum()) == flat.numel() - n_drop:
-            return keep.view_as(score)
-    order = torch.argsort(flat, stable=True)
-    keep = torch.ones(flat.numel(), dtype=torch.bool)
-    keep[order[:n_drop]] = False
+    # the n_drop-th lowest score is the threshold: all above it stay, and of the scores equal to it the last
+    # ones by position make up the count (what a stable ascending sort dropping its first n_drop would keep;
+    # such a sort of a 45 M-weight layer took seconds, float32 magnitudes tie there). numpy's partition finds
+    # the threshold about ten times faster than torch.kthvalue
+    thr = torch.tensor(np.partition(flat.numpy(), n_drop - 1)[n_drop - 1])
+    keep = flat > thr
+    more = flat.numel() - n_drop - int(keep.sum())
+    if more > 0:
+        tied = (flat == thr).nonzero(as_tuple=True)[0]
+        keep[tied[tied.numel() - more:]] = True
     return keep.view_as(score)
 
 
