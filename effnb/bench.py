@@ -25,8 +25,8 @@ from . import cachesize, provenance
 COLD_FACTOR = 4          # cold working set >= COLD_FACTOR x last-level cache
 SPREAD_WARN = 0.10       # warn when IQR / median exceeds this
 MIN_SAMPLE_S = 2e-3      # each sample lasts at least this long
-REWARM_BELOW_S = 20e-3   # warm calls shorter than this refill their caches before each sample: the refill
-#                          (tens of MiB at memory speed, about a millisecond) is a tenth of them or more
+SETTLE_S = 10e-3         # in a race, a side runs this long untimed before each of its samples (see measure_together)
+LONG_CALL_S = 50e-3      # calls at least this long are timed without settling: the switch costs them under 1%
 
 
 class SpreadWarning(UserWarning):
@@ -86,7 +86,7 @@ def measure(fn: Callable[[], Any] | list[Callable[[], Any]], *, warmup: int = 3,
 
 
 def measure_together(fns: Mapping[str, Callable[[], Any] | list[Callable[[], Any]]], *, warmup: int = 3,
-                     repeats: int = 15, min_sample_s: float = MIN_SAMPLE_S, cold: bool = True,
+                     repeats: int = 15, min_sample_s: float = MIN_SAMPLE_S,
                      working_set_bytes: Mapping[str, int] | None = None, stacklevel: int = 2) -> dict[str, Timing]:
     """Time several contenders sample by sample in turn (A, B, C, B, C, A, ...), one :class:`Timing` each.
 
@@ -94,9 +94,14 @@ def measure_together(fns: Mapping[str, Callable[[], Any] | list[Callable[[], Any
     burst lands on whichever side was running and decides the ratio. Taken in
     turns, every side meets the same load. Each side is compiled, warmed and
     calibrated (calls per sample) apart first; the order turns one step per
-    round so no side always follows the same neighbour. Warm contenders
-    (``cold=False``) whose call is shorter than ``REWARM_BELOW_S`` get one
-    untimed call before each sample, to refill the caches its neighbour used.
+    round so no side always follows the same neighbour. Before each sample a
+    side settles: it runs untimed for ``SETTLE_S`` (calls shorter than
+    ``LONG_CALL_S``). Switching sides costs the incoming one for milliseconds:
+    its threads were parked, the caches hold its neighbour's data, and on our
+    Zen 5 machine a 0.2 ms int4 GEMV ran its first call at more than twice and
+    the next twenty at about 1.25x its steady time, whether a 30 ms pause or
+    another library had run before it; settled, it ran in a race as fast as
+    alone.
     """
     if warmup < 0 or repeats < 3:
         raise ValueError(f"need warmup >= 0 and repeats >= 3 (got warmup={warmup}, repeats={repeats})")
@@ -110,7 +115,7 @@ def measure_together(fns: Mapping[str, Callable[[], Any] | list[Callable[[], Any
         copies[turn[key] % len(copies)]()
         turn[key] += 1
 
-    compile_s, calls, rewarm = {}, {}, {}
+    compile_s, calls, settle = {}, {}, {}
     for key, copies in sides.items():
         t0 = time.perf_counter()
         for f in copies:  # first touch of every copy; the first call also compiles
@@ -124,12 +129,12 @@ def measure_together(fns: Mapping[str, Callable[[], Any] | list[Callable[[], Any
         call(key)
         one = max(time.perf_counter() - t0, 1e-9)
         calls[key] = max(1, math.ceil(min_sample_s / one))
-        rewarm[key] = not cold and len(sides) > 1 and one < REWARM_BELOW_S
+        settle[key] = 0 if len(sides) == 1 or one >= LONG_CALL_S else max(1, math.ceil(SETTLE_S / one))
     keys = list(sides)
     times = {key: np.empty(repeats) for key in keys}
     for r in range(repeats):
         for key in keys[r % len(keys):] + keys[:r % len(keys)]:
-            if rewarm[key]:
+            for _ in range(settle[key]):
                 call(key)
             t0 = time.perf_counter()
             for _ in range(calls[key]):
@@ -186,7 +191,7 @@ def bench(providers: Mapping[str, Callable[[Any], Callable[[], Any]]], sizes: It
                 ws[name] = int(working_set(size)) if working_set else 0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SpreadWarning)   # the spread_warning column says it
-            timings = measure_together(fns, warmup=warmup, repeats=repeats, cold=cold, working_set_bytes=ws)
+            timings = measure_together(fns, warmup=warmup, repeats=repeats, working_set_bytes=ws)
         del fns
         for name, t in timings.items():
             row = {"provider": name, "size": size, "median_s": t.median, "q25_s": t.q25, "q75_s": t.q75,

@@ -52,7 +52,8 @@ def test_measure_rejects_bad_settings(bad):
 
 
 @pytest.mark.filterwarnings("ignore::effnb.bench.SpreadWarning")
-def test_measure_together_takes_samples_in_turns():
+def test_measure_together_takes_samples_in_turns(monkeypatch):
+    monkeypatch.setattr(bench, "LONG_CALL_S", 0.0)   # no settling calls: this test follows the timed ones
     order = []
     fns = {k: (lambda k=k: order.append(k)) for k in "ABC"}
     timings = bench.measure_together(fns, warmup=0, repeats=3, min_sample_s=0)
@@ -76,6 +77,7 @@ def _clocked(monkeypatch, slow_calls: range):
 def test_a_burst_of_load_meets_every_side(monkeypatch):
     # the same work on both sides; a burst over the first 10 samples of 18. Taken in turns, both sides meet
     # it alike (ratio 1); timed one after the other, it lands on one side (what this test guards against)
+    monkeypatch.setattr(bench, "LONG_CALL_S", 0.0)   # no settling calls
     call = _clocked(monkeypatch, range(4, 14))
     t = bench.measure_together({"a": call, "b": call}, warmup=0, repeats=9, min_sample_s=0)
     assert t["a"].median == pytest.approx(t["b"].median)
@@ -85,8 +87,10 @@ def test_a_burst_of_load_meets_every_side(monkeypatch):
     assert ta.median / tb.median == pytest.approx(3.0)
 
 
-@pytest.mark.parametrize("cold, extra", [(False, 3), (True, 0)])
-def test_warm_sides_refill_their_caches_before_each_sample(cold, extra):
+@pytest.mark.parametrize("settle_s, long_s, extra", [(0.0, 1.0, 3), (1e-3, 1.0, None), (0.0, 0.0, 0)])
+def test_each_side_settles_before_its_samples(monkeypatch, settle_s, long_s, extra):
+    monkeypatch.setattr(bench, "SETTLE_S", settle_s)
+    monkeypatch.setattr(bench, "LONG_CALL_S", long_s)
     counts = {"a": 0, "b": 0}
 
     def side(k):
@@ -95,12 +99,17 @@ def test_warm_sides_refill_their_caches_before_each_sample(cold, extra):
         return call
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", bench.SpreadWarning)
-        bench.measure_together({"a": side("a"), "b": side("b")}, warmup=1, repeats=3, min_sample_s=0, cold=cold)
-        # first call, warm-up, calibration, 3 samples of one call, and one untimed call before each when warm
-        assert counts == {"a": 6 + extra, "b": 6 + extra}
+        t = bench.measure_together({"a": side("a"), "b": side("b")}, warmup=1, repeats=3, min_sample_s=0)
+        # first call, warm-up, calibration, 3 samples of one call; before each sample the side settles: at
+        # least one untimed call, as many as last SETTLE_S, none for a call as long as LONG_CALL_S
+        if extra is None:
+            assert all(c > 6 + 3 for c in counts.values())
+        else:
+            assert counts == {"a": 6 + extra, "b": 6 + extra}
+        assert all(len(x.times) == 3 for x in t.values())
         counts["a"] = 0
-        bench.measure_together({"a": side("a")}, warmup=1, repeats=3, min_sample_s=0, cold=False)
-    assert counts["a"] == 6, "a side timed alone has nothing to refill"
+        bench.measure_together({"a": side("a")}, warmup=1, repeats=3, min_sample_s=0)
+    assert counts["a"] == 6, "a side timed alone has no switch to settle from"
 
 
 def test_cold_copies_overflow_the_llc():
