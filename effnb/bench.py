@@ -179,8 +179,8 @@ def bench(providers: Mapping[str, Callable[[Any], Callable[[], Any]]], sizes: It
     for size in tqdm(sizes, desc=desc, disable=not progress, leave=False):
         fns, ws = {}, {}
         for name, factory in providers.items():
-            per = working_set or _per_provider(bytes_moved, name)
             if cold:
+                per = working_set or _per_provider(bytes_moved, name)
                 if per is None:
                     raise ValueError("cold=True needs working_set= or bytes_moved= to size the working set")
                 n = cold_copies(int(per(size)))
