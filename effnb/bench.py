@@ -98,8 +98,8 @@ def measure_together(fns: Mapping[str, Callable[[], Any] | list[Callable[[], Any
     side settles: it runs untimed for ``SETTLE_S`` (calls shorter than
     ``LONG_CALL_S``). Switching sides costs the incoming one for milliseconds:
     its threads were parked, the caches hold its neighbour's data, and on our
-    Zen 5 machine a 0.2 ms int4 GEMV ran its first call at more than twice and
-    the next twenty at about 1.25x its steady time, whether a 30 ms pause or
+    Zen 5 machine a 0.2 ms int4 GEMV ran its first call at 1.7-2.6x and the
+    next twenty at about 1.25x its steady time, whether a 30 ms pause or
     another library had run before it; settled, it ran in a race as fast as
     alone.
     """
