@@ -112,6 +112,13 @@ def test_each_side_settles_before_its_samples(monkeypatch, settle_s, long_s, ext
     assert counts["a"] == 6, "a side timed alone has no switch to settle from"
 
 
+def test_methodology_page_states_the_settling_rule_as_coded():
+    from pathlib import Path
+    page = (Path(__file__).resolve().parents[1] / "book" / "methodology.md").read_text()
+    assert f"running untimed for {1e3 * bench.SETTLE_S:g} ms" in page
+    assert f"calls of {1e3 * bench.LONG_CALL_S:g} ms or more" in page
+
+
 def test_cold_copies_overflow_the_llc():
     n = bench.cold_copies(8 << 20, llc=32 << 20)
     assert n * (8 << 20) >= 4 * (32 << 20)
