@@ -322,6 +322,35 @@ def probes_frame(limits: dict):
     return pd.DataFrame(limits.get("probes", []))
 
 
+READ_PROBE = "torch sum"   # the reader timed beside kernels (read_beside): one of the two best in every probe here
+
+
+def read_beside(kernels: dict, repeats: int = 9, mib: int | None = None) -> dict:
+    """GB/s of each kernel and of a read probe (``torch.sum`` over ``mib`` MiB, >= 4x the last-level cache),
+    timed sample by sample in turns (:func:`effnb.bench.measure_together`).
+
+    ``kernels``: name -> (callables over cold copies, bytes one call moves). A roof is the best probe the
+    machine ever gave (:func:`machine`), but shared memory delivers less in some minutes than in others: the
+    probe beside the kernels says what it delivered in theirs. Returns name -> GB/s (:data:`READ_PROBE` too).
+    """
+    import torch
+
+    mib = default_mib() if mib is None else mib
+    if isinstance(mib, bool) or not isinstance(mib, int) or mib < min_mib():
+        raise ValueError(f"mib={mib!r}: the probe array must be >= 4x the last-level cache; pass mib >= {min_mib()}")
+    if not kernels or READ_PROBE in kernels:
+        raise ValueError(f"pass at least one kernel, none named {READ_PROBE!r}")
+    bad = [name for name, (_, nbytes) in kernels.items() if not (isinstance(nbytes, (int, float)) and nbytes > 0)]
+    if bad:
+        raise ValueError(f"kernels {bad}: bytes moved per call must be > 0")
+    a = torch.ones(mib * MIB // 4)
+    t = bench.measure_together({**{name: fn for name, (fn, _) in kernels.items()}, READ_PROBE: lambda: a.sum()},
+                               repeats=repeats)
+    gbps = {name: nbytes / t[name].median / 1e9 for name, (_, nbytes) in kernels.items()}
+    gbps[READ_PROBE] = a.numel() * 4 / t[READ_PROBE].median / 1e9
+    return gbps
+
+
 # ---------------------------------------------------------------- using the limits
 
 def percent_of(value: float, limit: float) -> float:

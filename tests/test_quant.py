@@ -3,6 +3,7 @@ can run), the op schemas, the module API, the variants, the peers and the benchm
 import dataclasses
 import os
 
+import numpy as np
 import pytest
 import torch
 from conftest import EXPECT_PATH, assert_cpp_under_test, require_cpp, rerun_at_isa
@@ -617,6 +618,7 @@ def test_inputs_bf16_3d_and_noncontiguous():
     p = Q.quantize(w, "w4a8-g32")
     x = torch.randn(2, 3, 96)
     assert Q.linear(x, p).shape == (2, 3, 24)
+    assert torch.equal(Q.linear(x[1], p), Q.linear(x, p)[1])  # the 2-D fp32 fast path agrees with prep_x's
     xt = torch.randn(96, 5).T  # non-contiguous
     assert torch.allclose(Q.linear(xt, p), Q.linear(xt.contiguous(), p))
     xb = x.bfloat16()
@@ -893,3 +895,23 @@ def test_stdlib_docstrings_are_real_distinct_and_reproducible():
     assert a == b and len(set(a)) == 30 and all(40 <= len(t) <= 400 for t in a)
     with pytest.raises(ValueError, match="pass n"):
         stdlib_docstrings(10**6)
+
+
+def test_beside_phrase_follows_the_probe():
+    import pandas as pd
+
+    def frame(probe_pct):  # shape a is where our W4A8 came lowest against the roof
+        return pd.DataFrame([
+            {"shape": "a", "key": "w4a8", "% of roof": 60.0, "% of probe": 95.0, "probe % of roof": probe_pct},
+            {"shape": "b", "key": "w4a8", "% of roof": 66.0, "% of probe": 90.0, "probe % of roof": 80.0}])
+    low = Q.beside_phrase(frame(63.0), target=70.0)
+    assert "(a)" in low and "at 63%" in low and "missed the target too" in low and "took 95%" in low
+    high = Q.beside_phrase(frame(75.0), target=70.0)
+    assert "(a)" in high and "could deliver" in high and "missed" not in high and "75-80%" in high
+
+
+def test_read_beside_rows_and_shares(quant_ops):
+    df = Q.read_beside([(512, 4096)], {"read_gbps": 50.0}, keys=("w4a8", "w8a8"), repeats=3)
+    assert list(df["key"]) == ["w4a8", "w8a8"] and (df["backend"] == Q.backend()).all()
+    assert np.allclose(df["% of roof"], 2 * df["GB/s"]) and np.allclose(df["probe % of roof"], 2 * df["probe GB/s"])
+    assert np.allclose(df["% of probe"], 100 * df["GB/s"] / df["probe GB/s"])

@@ -3,6 +3,7 @@ import json
 import math
 
 import matplotlib
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -217,3 +218,42 @@ def test_settle_takes_the_better_probe_then_lifts_and_keeps_other_roofs():
     lim2, phrase2, info2 = perf.settle_rates(rates, limits, lambda: {"read_gbps": 60.0, "int8_gops": 400.0})
     assert not info2["lifted"] and lim2["read_gbps"] == 60.0 and "new roof bounds every kernel" in phrase2
 
+
+
+# ---------------------------------------------------------------- a read probe beside kernels
+
+def test_read_beside_takes_turns_and_counts_each_sides_bytes(monkeypatch):
+    seen = {}
+
+    def fake_together(fns, repeats):
+        seen.update(fns=dict(fns), repeats=repeats)
+        medians = {"k1": 1e-3, "k2": 4e-3, roofline.READ_PROBE: 2e-3}
+        return {name: bench.Timing(times=np.full(repeats, medians[name]), compile_s=0.0, calls_per_sample=1)
+                for name in fns}
+
+    monkeypatch.setattr(bench, "measure_together", fake_together)
+    mib = roofline.min_mib()
+    got = roofline.read_beside({"k1": ([lambda: None], 3e6), "k2": ([lambda: None], 8e6)}, repeats=4, mib=mib)
+    assert set(seen["fns"]) == {"k1", "k2", roofline.READ_PROBE} and seen["repeats"] == 4  # one race, all sides
+    assert got["k1"] == pytest.approx(3.0) and got["k2"] == pytest.approx(2.0)          # bytes / median / 1e9
+    assert got[roofline.READ_PROBE] == pytest.approx(mib * roofline.MIB / 2e-3 / 1e9)
+
+
+@pytest.mark.parametrize("kernels, mib, match", [
+    ({}, None, "at least one kernel"),
+    ({roofline.READ_PROBE: ([lambda: None], 1.0)}, None, "none named"),
+    ({"k": ([lambda: None], 0)}, None, "bytes moved"),
+    ({"k": ([lambda: None], 1.0)}, 1, "mib >="),
+])
+def test_read_beside_rejects_bad_input_before_timing(kernels, mib, match, monkeypatch):
+    monkeypatch.setattr(bench, "measure_together", lambda *a, **k: pytest.fail("timed despite bad input"))
+    with pytest.raises(ValueError, match=match):
+        roofline.read_beside(kernels, mib=mib)
+
+
+@pytest.mark.slow
+def test_read_beside_measures_a_real_probe():
+    import torch
+    x = torch.ones(1 << 22)  # 16 MiB: a kernel that reads its bytes once
+    got = roofline.read_beside({"sum16": ([lambda: x.sum()], x.numel() * 4)}, repeats=3, mib=roofline.min_mib())
+    assert got[roofline.READ_PROBE] > 0 and got["sum16"] > 0

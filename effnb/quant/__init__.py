@@ -41,7 +41,8 @@ from . import ops
 from .experiments import (FOUR_BIT_PEERS, INT8_PEERS, INT8_ROOF, OURS, among, backend_of, benchmark, bytes_moved,
                           compute_roof, dequant_share,
                           fidelity, label, measurements, ort_key, peer_factories, quality, ratio, scheme_of,
-                          ratio_pivot, speed_table, time_pivot, weight_bytes, machine_limits, settle_roofs)
+                          ratio_pivot, speed_table, time_pivot, weight_bytes, machine_limits, settle_roofs,
+                          read_beside, beside_phrase)
 from .formats import (SCHEME_RE, DGQPacked, Packed, Scheme, dequantize, dgq_dequantize, pack_bits, pack_int4,
                       pack_ternary, parse_scheme, quantize, random_dgq, random_packed, to_panels, to_rows,
                       unpack_bits, unpack_int4, unpack_ternary)
@@ -58,7 +59,7 @@ from .variants import (DGQ_CLIP_PCT, FINEQUANT_GROUPS, FINEQUANT_MAX_SHARE, FINE
 __all__ = [
     "ops", "FOUR_BIT_PEERS", "INT8_PEERS", "INT8_ROOF", "compute_roof", "OURS", "among", "backend_of", "benchmark", "bytes_moved", "dequant_share",
     "fidelity", "label", "measurements", "ort_key", "peer_factories", "quality", "ratio", "scheme_of",
-    "speed_table", "machine_limits", "settle_roofs", "time_pivot", "ratio_pivot", "weight_bytes", "SCHEME_RE", "DGQPacked", "Packed", "Scheme", "dequantize", "dgq_dequantize",
+    "speed_table", "machine_limits", "settle_roofs", "read_beside", "beside_phrase", "time_pivot", "ratio_pivot", "weight_bytes", "SCHEME_RE", "DGQPacked", "Packed", "Scheme", "dequantize", "dgq_dequantize",
     "pack_int4", "pack_ternary", "unpack_ternary", "pack_bits", "unpack_bits", "binary_path", "parse_scheme", "quantize", "random_dgq", "random_packed", "unpack_int4", "calibrate",
     "gptq_int4", "FakeQuantLinear", "QuantLinear", "percentile_clip", "quantize_module", "replace_linears",
     "available", "backend", "dgq_linear", "linear", "prepack", "a8_layout", "to_panels", "to_rows",

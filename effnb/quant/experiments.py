@@ -256,6 +256,44 @@ def machine_limits(threads: int, refresh: bool = False) -> dict:
     return {**limits, INT8_ROOF: peak} if peak else limits
 
 
+def read_beside(shapes, limits: dict, keys=("w4a8", "w8a8"), group: int = 128, repeats: int = 9):
+    """Our one-token kernels, cold, in turns with a read probe, per shape (:func:`effnb.roofline.read_beside`):
+    GB/s of each, each kernel's share of the probe beside it and of the speed table's roof, and the probe's own
+    share of that roof (how much memory delivered in these minutes)."""
+    import pandas as pd
+    roof = float(limits["read_gbps"])
+    facs = peer_factories(group, keys, peers=False)
+    rows = []
+    for n, k in shapes:
+        size = (1, n, k)
+        kernels = {key: ([facs[key](size) for _ in range(bench.cold_copies(int(weight_bytes(key, n, k, group))))],
+                         bytes_moved(key, size, group)) for key in keys}
+        gbps = roofline.read_beside(kernels, repeats=repeats)
+        probe = gbps.pop(roofline.READ_PROBE)
+        del kernels
+        for key, g in gbps.items():
+            rows.append({"shape": f"{n}x{k}", "key": key, "provider": label(key, group), "backend": backend_of(key),
+                         "GB/s": g, "probe GB/s": probe, "% of probe": 100.0 * g / probe,
+                         "% of roof": 100.0 * g / roof, "probe % of roof": 100.0 * probe / roof})
+    return pd.DataFrame(rows)
+
+
+def beside_phrase(beside, target: float = 70.0, key: str = "w4a8") -> str:
+    """What the probe beside the kernels (:func:`read_beside`) says about the bandwidth target, from its numbers."""
+    rows = beside[beside["key"] == key]
+    lo, hi = float(rows["probe % of roof"].min()), float(rows["probe % of roof"].max())
+    span = f"{lo:.0f}%" if round(lo) == round(hi) else f"{lo:.0f}-{hi:.0f}%"
+    worst = rows.loc[rows["% of roof"].idxmin()]
+    at, probe, share = worst["shape"], float(worst["probe % of roof"]), float(worst["% of probe"])
+    head = f"In this run the read probe timed in turns with our kernels reached {span} of that roof."
+    if probe < target:
+        return (f"{head} Where our {key.upper()} came lowest ({at}) the probe itself read at {probe:.0f}%, under the "
+                f"{target:.0f}% the target asks: in those minutes the probe missed the target too, and our kernel took "
+                f"{share:.0f}% of what the probe read.")
+    return (f"{head} Where our {key.upper()} came lowest ({at}) the probe read at {probe:.0f}%, so memory could "
+            f"deliver the {target:.0f}% the target asks, and our kernel took {share:.0f}% of what the probe read.")
+
+
 def settle_roofs(runs: dict, limits: dict, threads: int):
     """No row of ``runs`` above its roof (:func:`effnb.perf.settle`): a row that beats the read, fp32
     or int8 roof has the machine probed again, then lifts the roof to itself; ``(limits, phrase, info)``."""

@@ -79,9 +79,14 @@ def linear(x: torch.Tensor, p: Packed) -> torch.Tensor:
     """
     if not isinstance(p, Packed):
         raise TypeError("p must come from effnb.quant.quantize(weight, scheme)")
-    x2, lead = prep_x(x, p)
+    if (type(x) is torch.Tensor and x.dim() == 2 and x.dtype == torch.float32 and x.is_cpu and x.shape[1] == p.k
+            and x.is_contiguous()):
+        x2, lead = x, None   # already what the kernels read: ~2 us less per call than prep_x's checks and copies
+    else:
+        x2, lead = prep_x(x, p)
     if not available():
-        return linear_ref(x2, p).reshape(*lead, p.n)
+        y = linear_ref(x2, p)
+        return y if lead is None else y.reshape(*lead, p.n)
     ops = torch.ops.effnb
     if p.scheme.kind == "ternary":
         y = ops.quant_ternary_linear(x2, p.q, p.scales)
@@ -93,7 +98,7 @@ def linear(x: torch.Tensor, p: Packed) -> torch.Tensor:
         y = ops.quant_w4a8_panels(x2, p.q, p.scales, p.zeros, p.group, p.n)
     else:
         y = ops.quant_w4_linear(x2, p.q, p.scales, p.zeros, p.group, p.scheme.a8)
-    return y.reshape(*lead, p.n)
+    return y if lead is None else y.reshape(*lead, p.n)
 
 
 def a8_layout() -> str:

@@ -28,6 +28,7 @@
 #include "quant.h"
 
 #include <cstring>
+#include <memory>
 
 #if EFFNB_Q4_ZMM
 #ifndef EFFNB_QP_MMIN
@@ -204,10 +205,15 @@ void run(const F& codes, int64_t m, int64_t n, float* py) {
     f.raw = m == 1 && f.group() % 64 == 0;
     f.ahead = m <= kRows;
   }
-  f.ldx = f.kp + kPad;
-  std::vector<int8_t> xpad(static_cast<size_t>(m * f.ldx));
-  for (int64_t i = 0; i < m; ++i) std::memcpy(xpad.data() + i * f.ldx, codes.xq + i * f.kp, f.kp);
-  f.xq = xpad.data();
+  std::vector<int8_t> xpad;
+  if (m > 1) {  // one token has no rows to fall into the same sets: read in place
+    f.ldx = f.kp + kPad;
+    xpad.resize(static_cast<size_t>(m * f.ldx));
+    for (int64_t i = 0; i < m; ++i) std::memcpy(xpad.data() + i * f.ldx, codes.xq + i * f.kp, f.kp);
+    f.xq = xpad.data();
+  } else {
+    f.ldx = f.kp;
+  }
   const int64_t npanels = (n + kCols - 1) / kCols, ngrabs = (npanels + kGrab - 1) / kGrab;
   // whole flush groups and whole 64-weight blocks (int4's nibble layout) per chunk
   const int64_t unit = f.group() % 64 == 0 ? f.group() : 2 * f.group();
@@ -215,7 +221,8 @@ void run(const F& codes, int64_t m, int64_t n, float* py) {
   const int64_t steps = (m + kRows - 1) / kRows * (chunk / 32);  // prefetch steps (8 quads) per chunk, all token tiles
 #pragma omp parallel
   {
-    std::vector<uint8_t> pan(static_cast<size_t>(chunk * kCols));
+    // read in place, the weights need no chunk buffer (nor its zeroing, a quarter of a small call's fixed cost)
+    const std::unique_ptr<uint8_t[]> pan(f.in_place() ? nullptr : new uint8_t[chunk * kCols]);
     std::vector<typename F::Acc> tile(static_cast<size_t>(m * kCols));
     typename F::Panel st;
 #pragma omp for schedule(dynamic, 1)
@@ -227,7 +234,7 @@ void run(const F& codes, int64_t m, int64_t n, float* py) {
         std::fill(tile.begin(), tile.end(), typename F::Acc{0});
         for (int64_t k0 = 0; k0 < f.kp; k0 += chunk) {
           const int64_t len = std::min(chunk, f.kp - k0);
-          const uint8_t* cp = f.chunk(c0, k0, len, pan.data());
+          const uint8_t* cp = f.chunk(c0, k0, len, pan.get());
           // one token tile read in place: ask ahead in the stream; else the chunk after this one
           // (further along K, else the next panel of this grab)
           Prefetch pf;

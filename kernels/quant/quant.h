@@ -201,8 +201,7 @@ inline std::vector<float> pad_rows(const at::Tensor& x, int64_t kp) {
 // 4096 x 4096 W4A8 call.
 inline void quantize_acts(const float* xp, int64_t m, int64_t kp, int64_t block, int8_t* q, float* s, int32_t* sums) {
   const int64_t nb = kp / block;
-#pragma omp parallel for schedule(static) if (m >= 4)
-  for (int64_t i = 0; i < m; ++i) {
+  const auto row = [&](int64_t i) __attribute__((always_inline)) {
     for (int64_t b = 0; b < nb; ++b) {
       const float* v = xp + i * kp + b * block;
       float amax = 0.0f;
@@ -250,7 +249,13 @@ inline void quantize_acts(const float* xp, int64_t m, int64_t kp, int64_t block,
       s[i * nb + b] = amax / 127.0f;
       sums[i * nb + b] = total;
     }
+  };
+  if (m < 4) {  // no parallel region at all: even one that runs alone costs a one-token call time
+    for (int64_t i = 0; i < m; ++i) row(i);
+    return;
   }
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < m; ++i) row(i);
 }
 
 // Activations as every kernel reads them: x padded to Kp with zeros (whole blocks everywhere)
