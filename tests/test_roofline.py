@@ -219,7 +219,6 @@ def test_settle_takes_the_better_probe_then_lifts_and_keeps_other_roofs():
     assert not info2["lifted"] and lim2["read_gbps"] == 60.0 and "new roof bounds every kernel" in phrase2
 
 
-
 # ---------------------------------------------------------------- a read probe beside kernels
 
 def test_read_beside_takes_turns_and_counts_each_sides_bytes(monkeypatch):

@@ -221,7 +221,7 @@ void run(const F& codes, int64_t m, int64_t n, float* py) {
   const int64_t steps = (m + kRows - 1) / kRows * (chunk / 32);  // prefetch steps (8 quads) per chunk, all token tiles
 #pragma omp parallel
   {
-    // read in place, the weights need no chunk buffer (nor its zeroing, a quarter of a small call's fixed cost)
+    // read in place, the weights need no chunk buffer (nor zeroing its 32 KiB per thread on every call)
     const std::unique_ptr<uint8_t[]> pan(f.in_place() ? nullptr : new uint8_t[chunk * kCols]);
     std::vector<typename F::Acc> tile(static_cast<size_t>(m * kCols));
     typename F::Panel st;

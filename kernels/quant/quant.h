@@ -250,7 +250,7 @@ inline void quantize_acts(const float* xp, int64_t m, int64_t kp, int64_t block,
       sums[i * nb + b] = total;
     }
   };
-  if (m < 4) {  // no parallel region at all: even one that runs alone costs a one-token call time
+  if (m < 4) {  // no parallel region at all: even one that runs on one thread costs a one-token call its start-up
     for (int64_t i = 0; i < m; ++i) row(i);
     return;
   }
