@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -326,12 +327,11 @@ READ_PROBE = "torch sum"   # the reader timed beside kernels (read_beside): one 
 
 
 def read_beside(kernels: dict, repeats: int = 9, mib: int | None = None) -> dict:
-    """GB/s of each kernel and of a read probe (``torch.sum`` over ``mib`` MiB, >= 4x the last-level cache),
-    timed sample by sample in turns (:func:`effnb.bench.measure_together`).
+    """GB/s of kernels and a read probe (``torch.sum``, ``mib`` MiB) in turns (:func:`bench.measure_together`).
 
-    ``kernels``: name -> (callables over cold copies, bytes one call moves). A roof is the best probe the
-    machine ever gave (:func:`machine`), but shared memory delivers less in some minutes than in others: the
-    probe beside the kernels says what it delivered in theirs. Returns name -> GB/s (:data:`READ_PROBE` too).
+    ``kernels``: name -> (callables over cold copies, bytes one call moves). A roof is the best of the stored
+    probes (:func:`machine`), but shared memory delivers less in some minutes than in others: the probe
+    beside the kernels says what it delivered in theirs. Returns name -> (GB/s, spread), the probe too.
     """
     import torch
 
@@ -340,15 +340,15 @@ def read_beside(kernels: dict, repeats: int = 9, mib: int | None = None) -> dict
         raise ValueError(f"mib={mib!r}: the probe array must be >= 4x the last-level cache; pass mib >= {min_mib()}")
     if not kernels or READ_PROBE in kernels:
         raise ValueError(f"pass at least one kernel, none named {READ_PROBE!r}")
-    bad = [name for name, (_, nbytes) in kernels.items() if not (isinstance(nbytes, (int, float)) and nbytes > 0)]
-    if bad:
-        raise ValueError(f"kernels {bad}: bytes moved per call must be > 0")
+    nbytes = {name: b for name, (_, b) in kernels.items()}
+    if any(not (isinstance(b, (int, float)) and b > 0) for b in nbytes.values()):
+        raise ValueError(f"bytes moved per call must be > 0 for every kernel, got {nbytes}")
     a = torch.ones(mib * MIB // 4)
-    t = bench.measure_together({**{name: fn for name, (fn, _) in kernels.items()}, READ_PROBE: lambda: a.sum()},
-                               repeats=repeats)
-    gbps = {name: nbytes / t[name].median / 1e9 for name, (_, nbytes) in kernels.items()}
-    gbps[READ_PROBE] = a.numel() * 4 / t[READ_PROBE].median / 1e9
-    return gbps
+    nbytes[READ_PROBE] = a.numel() * 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bench.SpreadWarning)   # the spread comes back with each rate instead
+        t = bench.measure_together({**{n: fn for n, (fn, _) in kernels.items()}, READ_PROBE: a.sum}, repeats=repeats)
+    return {name: (nbytes[name] / t[name].median / 1e9, t[name].spread) for name in nbytes}
 
 
 # ---------------------------------------------------------------- using the limits

@@ -915,3 +915,4 @@ def test_read_beside_rows_and_shares(quant_ops):
     assert list(df["key"]) == ["w4a8", "w8a8"] and (df["backend"] == Q.backend()).all()
     assert np.allclose(df["% of roof"], 2 * df["GB/s"]) and np.allclose(df["probe % of roof"], 2 * df["probe GB/s"])
     assert np.allclose(df["% of probe"], 100 * df["GB/s"] / df["probe GB/s"])
+    assert (df["spread"] >= 0).all() and (df["probe spread"] >= 0).all()

@@ -258,8 +258,8 @@ def machine_limits(threads: int, refresh: bool = False) -> dict:
 
 def read_beside(shapes, limits: dict, keys=("w4a8", "w8a8"), group: int = 128, repeats: int = 9):
     """Our one-token kernels, cold, in turns with a read probe, per shape (:func:`effnb.roofline.read_beside`):
-    GB/s of each, each kernel's share of the probe beside it and of the speed table's roof, and the probe's own
-    share of that roof (how much memory delivered in these minutes)."""
+    GB/s of each, each kernel's share of the probe beside it and of the speed table's roof, the probe's own
+    share of that roof (how much memory delivered in these minutes), and each side's timing spread."""
     import pandas as pd
     roof = float(limits["read_gbps"])
     facs = peer_factories(group, keys, peers=False)
@@ -268,13 +268,14 @@ def read_beside(shapes, limits: dict, keys=("w4a8", "w8a8"), group: int = 128, r
         size = (1, n, k)
         kernels = {key: ([facs[key](size) for _ in range(bench.cold_copies(int(weight_bytes(key, n, k, group))))],
                          bytes_moved(key, size, group)) for key in keys}
-        gbps = roofline.read_beside(kernels, repeats=repeats)
-        probe = gbps.pop(roofline.READ_PROBE)
+        rates = roofline.read_beside(kernels, repeats=repeats)
+        probe, probe_spread = rates.pop(roofline.READ_PROBE)
         del kernels
-        for key, g in gbps.items():
+        for key, (g, spread) in rates.items():
             rows.append({"shape": f"{n}x{k}", "key": key, "provider": label(key, group), "backend": backend_of(key),
                          "GB/s": g, "probe GB/s": probe, "% of probe": 100.0 * g / probe,
-                         "% of roof": 100.0 * g / roof, "probe % of roof": 100.0 * probe / roof})
+                         "% of roof": 100.0 * g / roof, "probe % of roof": 100.0 * probe / roof,
+                         "spread": spread, "probe spread": probe_spread})
     return pd.DataFrame(rows)
 
 
