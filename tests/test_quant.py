@@ -910,6 +910,31 @@ def test_beside_phrase_follows_the_probe():
     assert "(a)" in high and "could deliver" in high and "missed" not in high and "75-80%" in high
 
 
+def test_ceiling_phrase_follows_the_peer_and_the_roof():
+    import pandas as pd
+    # 1000x1000 at M = 50: 1e8 ops; 0.1 ms is 1000 GOP/s for ours, the peer 1.05x slower (952 GOP/s)
+    rows = pd.DataFrame([
+        {"shape": "1000x1000", "M": 1, "ms": 0.01, "vs fastest peer": 0.5, "fastest peer": "p1"},
+        {"shape": "1000x1000", "M": 50, "ms": 0.1, "vs fastest peer": 1.05, "fastest peer": "fbgemm"},
+        {"shape": "1000x1000", "M": 16, "ms": 0.05, "vs fastest peer": 1.3, "fastest peer": "fbgemm"}])
+    tight = Q.ceiling_phrase(rows, {Q.INT8_ROOF: 1100.0}, target=1.2)   # the M = 1 row is not batched
+    assert "M = 50 (1.05x)" in tight and "91% of the int8 roof" in tight and "(fbgemm) at 87%" in tight
+    assert "1.16x that peer, under the 1.2x target" in tight and "can meet" in tight
+    # M = 16 met the target; a second miss (1000 GOP/s, the peer 909) whose ceiling 1.21x clears it is ours
+    two = pd.concat([rows, pd.DataFrame([{"shape": "1000x2000", "M": 64, "ms": 0.256, "vs fastest peer": 1.1,
+                                          "fastest peer": "fbgemm"}])], ignore_index=True)
+    both = Q.ceiling_phrase(two, {Q.INT8_ROOF: 1100.0}, target=1.2)
+    assert both.startswith("Our W8A8 came lowest at 1000x1000, M = 50") and "M = 16" not in both
+    assert "gap is our kernel's: 1000x2000, M = 64 (1.10x, ceiling 1.21x)." in both
+    assert "Elsewhere" not in tight
+    loose = Q.ceiling_phrase(rows, {Q.INT8_ROOF: 1500.0}, target=1.2)
+    assert "1.57x that peer, above" in loose and "gap is our kernel's" in loose
+    met = Q.ceiling_phrase(rows, {Q.INT8_ROOF: 1500.0}, target=1.0)
+    assert "meets the 1x target" in met and "gap" not in met
+    assert "not known" in Q.ceiling_phrase(rows, {}, target=1.2)
+    assert "not known" in Q.ceiling_phrase(rows[rows["M"] == 1], {Q.INT8_ROOF: 1100.0}, target=1.2)
+
+
 def test_read_beside_rows_and_shares(quant_ops):
     df = Q.read_beside([(512, 4096)], {"read_gbps": 50.0}, keys=("w4a8", "w8a8"), repeats=3)
     assert list(df["key"]) == ["w4a8", "w8a8"] and (df["backend"] == Q.backend()).all()

@@ -42,7 +42,7 @@ from .experiments import (FOUR_BIT_PEERS, INT8_PEERS, INT8_ROOF, OURS, among, ba
                           compute_roof, dequant_share,
                           fidelity, label, measurements, ort_key, peer_factories, quality, ratio, scheme_of,
                           ratio_pivot, speed_table, time_pivot, weight_bytes, machine_limits, settle_roofs,
-                          read_beside, beside_phrase)
+                          read_beside, beside_phrase, ceiling_phrase)
 from .formats import (SCHEME_RE, DGQPacked, Packed, Scheme, dequantize, dgq_dequantize, pack_bits, pack_int4,
                       pack_ternary, parse_scheme, quantize, random_dgq, random_packed, to_panels, to_rows,
                       unpack_bits, unpack_int4, unpack_ternary)

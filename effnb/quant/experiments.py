@@ -295,6 +295,38 @@ def beside_phrase(beside, target: float = 70.0, key: str = "w4a8") -> str:
             f"deliver the {target:.0f}% the target asks, and our kernel took {share:.0f}% of what the probe read.")
 
 
+def ceiling_phrase(table, limits: dict, target: float, min_m: int = 16, name: str = "W8A8") -> str:
+    """How far any kernel on the int8 step could get past the fastest peer where ours is batched.
+
+    ``table`` is a :func:`speed_table` of our ``name`` (rows: shape ``NxK``, M, ms, vs fastest peer).
+    At each row with M >= ``min_m``, the peer's GOP/s (2MNK over its time) against the int8 roof gives
+    the ratio a kernel AT that roof would reach (the ceiling). The sentence names our lowest point and
+    its ceiling; under ``target`` no kernel built on this step can meet the target there. Other missed
+    points whose ceiling is above the target are named as our kernel's gap."""
+    roof = limits.get(INT8_ROOF)
+    rows = table[table["M"] >= min_m]
+    if not roof or rows.empty:
+        return "This run has no int8 roof or no batched row, so the ceiling against the peer is not known."
+    nk = rows["shape"].astype(str).str.split("x", expand=True).astype(float)
+    ours = 2.0 * rows["M"] * nk[0] * nk[1] / (rows["ms"] * 1e-3) / 1e9       # GOP/s
+    ratio = rows["vs fastest peer"].astype(float)
+    ceil = float(roof) * ratio / ours                                       # roof over the peer's GOP/s
+    w = ratio.idxmin()
+    where = lambda i: f"{rows.at[i, 'shape']}, M = {int(rows.at[i, 'M'])}"
+    head = (f"Our {name} came lowest at {where(w)} ({ratio[w]:.2f}x): it ran at {100 * ours[w] / roof:.0f}% of the "
+            f"int8 roof and the fastest peer ({rows.at[w, 'fastest peer']}) at {100 * ours[w] / ratio[w] / roof:.0f}%,"
+            f" so a kernel at the roof itself would be {ceil[w]:.2f}x that peer")
+    if ratio[w] >= target:
+        return f"{head}; ours meets the {target:g}x target there."
+    if ceil[w] >= target:
+        return f"{head}, above the {target:g}x target: the roof allows it, and the gap is our kernel's."
+    ours_gap = [i for i in rows.index if ratio[i] < target <= ceil[i]]
+    tail = "" if not ours_gap else (
+        " Elsewhere the roof allows it and ours fell short, so there the gap is our kernel's: "
+        + "; ".join(f"{where(i)} ({ratio[i]:.2f}x, ceiling {ceil[i]:.2f}x)" for i in ours_gap) + ".")
+    return f"{head}, under the {target:g}x target: no kernel built on this step can meet it there.{tail}"
+
+
 def settle_roofs(runs: dict, limits: dict, threads: int):
     """No row of ``runs`` above its roof (:func:`effnb.perf.settle`): a row that beats the read, fp32
     or int8 roof has the machine probed again, then lifts the roof to itself; ``(limits, phrase, info)``."""

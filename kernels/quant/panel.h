@@ -39,7 +39,9 @@ namespace effnb::quant::panel {
 
 constexpr int kCols = 32;        // output columns per panel: two vectors of 16 int32 lanes
 constexpr int kRows = 8;         // tokens per register tile (16 accumulators)
-constexpr int64_t kChunk = 1024;  // weights of K per repacked chunk: 32 columns x 1 KiB (512 measured the same, 2048 slower)
+// weights of K per chunk: 32 columns x 1 KiB. On the Zen 5 of chapter 02 512 measured the same and 2048 slower;
+// on a Zen 4 (32 KiB L1), prepacked W8A8 at M = 16 and 64, timed in turns: 512 to 4096 within 3%, 256 7% slower
+constexpr int64_t kChunk = 1024;
 
 // r[j] <- column j of the 16 x 16 dword matrix whose rows are r[0..15]
 inline void transpose16(__m512i (&r)[16]) {
