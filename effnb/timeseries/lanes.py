@@ -24,14 +24,28 @@ from numba import njit, types
 from numba.extending import intrinsic, models, overload, register_model
 
 
-def numba_has_avx512() -> bool:
-    """Whether Numba compiles for a CPU with AVX-512: its target's features (``NUMBA_CPU_FEATURES``, as Numba
-    reads it, else this CPU's), the same features that key Numba's on-disk cache."""
+def numba_features() -> set[str]:
+    """The features of the CPU Numba compiles for (``NUMBA_CPU_FEATURES``, as Numba reads it, else this CPU's),
+    in LLVM's spelling (``avx512vnni``): the same features that key Numba's on-disk cache."""
     from numba.core import config
     features = config.CPU_FEATURES
     if features is None:
         features = binding.get_host_cpu_features().flatten()
-    return "+avx512f" in features.split(",")
+    return {f[1:] for f in features.split(",") if f.startswith("+")}
+
+
+def numba_has_avx512() -> bool:
+    """Whether Numba compiles for a CPU with AVX-512."""
+    return "avx512f" in numba_features()
+
+
+def numba_isa_level() -> str:
+    """The SIMD level of the code Numba compiles, in ``provenance.isa_level``'s names: the CPU's level unless
+    ``NUMBA_CPU_FEATURES`` asks for less (an AVX2 run on an AVX-512 machine must not be named after the CPU)."""
+    have = numba_features()
+    if "avx512f" in have:
+        return "avx512vnni" if "avx512vnni" in have else "avx512"
+    return "avx2" if "avx2" in have else "neon" if "neon" in have else "generic"
 
 
 W = 16 if numba_has_avx512() else 8   # series per vector

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import warnings
 
-from effnb import provenance
 
 from .continual import ContinualTCN
 from .minirocket import MiniRocket
@@ -18,8 +17,10 @@ from .rocket import Rocket
 
 
 def ours_backend() -> str:
-    """Numba compiles our kernels for this machine's widest SIMD level: e.g. ``numba-avx2``."""
-    return f"numba-{provenance.isa_level()}"
+    """The SIMD level Numba compiles our kernels for (this machine's widest, unless ``NUMBA_CPU_FEATURES`` asks
+    for less): e.g. ``numba-avx2``."""
+    from .lanes import numba_isa_level
+    return f"numba-{numba_isa_level()}"
 
 
 def sktime_backend() -> str:
