@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import warnings
 
-
 from .continual import ContinualTCN
 from .minirocket import MiniRocket
 from .rocket import Rocket
