@@ -138,6 +138,22 @@ def test_minirocket_lane_width_follows_the_cpu_numba_compiles_for():
         assert buf.shape == (n,) and buf.ctypes.data % (4 * lanes.W) == 0
 
 
+@pytest.mark.parametrize("rows", [1, 3, 8, 16])
+def test_store_transposed_writes_the_block_s_columns_as_rows(rows):
+    """MiniRocket's features leave the lanes through this W x W transpose: each of the first ``rows`` columns
+    lands on its own row of dst, at any offset, and nothing else in dst changes."""
+    from numba import njit
+
+    from effnb.timeseries import lanes
+    W, rows = lanes.W, min(rows, lanes.W)
+    src = np.random.default_rng(rows).normal(size=3 + W * W).astype(np.float32)
+    dst = np.full((W + 2, 2 * W + 5), -7.0, dtype=np.float32)
+    njit(lambda s, d, r: lanes.store_transposed(s, 3, d, d.shape[1] + 5, d.shape[1], r))(src, dst, rows)
+    want = np.full_like(dst, -7.0)
+    want[1:1 + rows, 5:5 + W] = src[3:].reshape(W, W).T[:rows]
+    np.testing.assert_array_equal(dst, want)
+
+
 def test_minirocket_avx2_path_on_any_cpu(tmp_path):
     """Numba's build for an AVX2 CPU (8 lanes) passes the transform's tests in a subprocess with its own cache:
     the AVX2 path is tested on AVX-512 machines too."""
@@ -146,11 +162,11 @@ def test_minirocket_avx2_path_on_any_cpu(tmp_path):
         pytest.skip("this CPU cannot run AVX2 code")
     env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": AVX2_FEATURES,
            "NUMBA_CACHE_DIR": str(tmp_path), "EFFNB_EXPECT_LANES": "8"}
-    tests = "minirocket_matches_reference or minirocket_parallel_equals or lane_width_follows"
+    tests = "minirocket_matches_reference or minirocket_parallel_equals or lane_width_follows or store_transposed"
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-s",
                           "-k", tests, __file__], env=env, capture_output=True, text=True, timeout=900)
     said = run.stdout
-    assert run.returncode == 0 and "5 passed" in said and "skipped" not in said, said[-3000:] + run.stderr[-2000:]
+    assert run.returncode == 0 and "9 passed" in said and "skipped" not in said, said[-3000:] + run.stderr[-2000:]
     assert "MiniRocket runs 8 lanes (AVX2 path)" in said
 
 

@@ -145,6 +145,34 @@ def proportion(typingctx, n, m):
     return f32_lanes(n, m), codegen
 
 
+@intrinsic
+def store_transposed(typingctx, src, i, dst, j, stride, rows):
+    """The W x W block whose row r is src[i + r W : i + (r + 1) W], transposed: its first ``rows`` columns
+    stored as rows of W floats at dst[j + c stride] (c < rows). Turns W finished features, each W series
+    wide, into W contiguous features of each series' output row: one shuffle network (W log2 W two-register
+    shuffles) and a vector store per series, where copying element by element took a third of a short
+    MiniRocket call."""
+    def codegen(context, builder, sig, args):
+        src, i, dst, j, stride, rows = args
+        step = ir.Constant(i.type, W)
+        vecs = []
+        for r in range(W):
+            vecs.append(builder.load(_lanes_ptr(context, builder, sig.args[0], src, i), align=4))
+            i = builder.add(i, step)
+        half = W // 2
+        lo = ir.Constant(ir.VectorType(ir.IntType(32), W), [x for k in range(half) for x in (k, k + W)])
+        hi = ir.Constant(ir.VectorType(ir.IntType(32), W), [x for k in range(half, W) for x in (k, k + W)])
+        for _ in range(W.bit_length() - 1):      # log2(W) rounds of interleaving rows k and k + W/2
+            vecs = [v for k in range(half) for v in (builder.shuffle_vector(vecs[k], vecs[k + half], lo),
+                                                        builder.shuffle_vector(vecs[k], vecs[k + half], hi))]
+        for c in range(W):
+            with builder.if_then(builder.icmp_signed("<", ir.Constant(rows.type, c), rows), likely=True):
+                at = builder.add(j, builder.mul(stride, ir.Constant(stride.type, c)))
+                builder.store(vecs[c], _lanes_ptr(context, builder, sig.args[2], dst, at), align=4)
+        return context.get_dummy_value()
+    return types.void(src, types.intp, dst, types.intp, types.intp, types.intp), codegen
+
+
 def _lanes_op(name):
     @intrinsic
     def op(typingctx, a, b):

@@ -21,7 +21,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from .inputs import _n_threads as n_threads
 from .inputs import as_panel, check_fitted, check_shape, numba_threads
-from .lanes import W, count_above, load, proportion, splat, store, zeros
+from .lanes import W, count_above, load, proportion, splat, store, store_transposed, zeros
 from .lanes import empty as empty_lanes
 
 MINI_LENGTH = 9
@@ -202,7 +202,8 @@ def _mini_chunk(X, out, dils, nfpd, foff, biases, combos, nchs, c_off, chans, ow
     AT = empty_lanes(C * L * W, np.float32)       # A = -(sum of the nine taps), per channel
     buf = empty_lanes(L * W, np.float32)          # a kernel's output, when it is counted in several passes
     cnt = empty_lanes((maxnf + 3) * W, np.int32)  # a kernel's counters, bias by bias
-    ppv = empty_lanes(W, np.float32)
+    ppvT = empty_lanes(len(combos) * maxnf * W, np.float32)   # an item's features, series in the lanes
+    nfo = out.shape[1]
     blk_now = -1
     for item in range(ndil * nblk):
         if owner[item] != chunk:
@@ -224,7 +225,7 @@ def _mini_chunk(X, out, dils, nfpd, foff, biases, combos, nchs, c_off, chans, ow
                 for j in range(1, MINI_LENGTH):
                     a = a + load(xT, (c * LX + P + t + (j - 4) * d) * W)
                 store(AT, (c * L + t) * W, splat(0.0) - a)
-        nf = nfpd[di]
+        nf, fo = nfpd[di], foff[di]
         for k in range(len(combos)):
             pair = di * len(combos) + k
             lo, hi = 0, L
@@ -253,9 +254,14 @@ def _mini_chunk(X, out, dils, nfpd, foff, biases, combos, nchs, c_off, chans, ow
                 for q in range(0, nf, 4):
                     _ppv_buf4(buf, lo, hi, biases, f, q, nf, cnt)
             for q in range(nf):
-                store(ppv, 0, proportion(load(cnt, q * W), hi - lo))
-                for lane in range(ns):
-                    out[s0 + lane, f + q] = ppv[lane]
+                store(ppvT, (f - fo + q) * W, proportion(load(cnt, q * W), hi - lo))
+        nfeat = len(combos) * nf        # the item's features, to the series' rows W at a time
+        full = nfeat - nfeat % W
+        for j in range(0, full, W):
+            store_transposed(ppvT, j * W, out, s0 * nfo + fo + j, nfo, ns)
+        for j in range(full, nfeat):
+            for lane in range(ns):
+                out[s0 + lane, fo + j] = ppvT[j * W + lane]
 
 
 @njit(cache=True, parallel=True)
