@@ -60,9 +60,11 @@ def sweep_numbers(sweeps: dict, limits: dict) -> dict:
     b = roofline.bound(float(top["gflops"]) * 1e9 * t, float(top["gbps"]) * 1e9 * t, t, limits)
     points = _points(sweeps, "MiniRocket")
     worst, best = min(points, key=points.get), max(points, key=points.get)
+    rocket_points = _points(sweeps, "ROCKET")
     mini_vs = (f"below ROCKET's median of {r.median():.1f}x" if m.median() < r.median() else
                f"above ROCKET's median of {r.median():.1f}x")
     return {"mini_worst_at": worst, "mini_best_at": best, "mini_vs_rocket": mini_vs,
+            "rocket_worst_at": min(rocket_points, key=rocket_points.get),
             "mini_margin_words": _mini_margin_phrase(sweeps, points),
             "mini_narrow_note": _mini_narrow_phrase(points),
             "rocket_short": _short_series_phrase(sweeps),
