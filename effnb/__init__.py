@@ -45,6 +45,21 @@ elif _layer == "tbb":
 if "numba" in _sys.modules:  # imported before effnb: set it before its first parallel launch
     _sys.modules["numba"].config.THREADING_LAYER = _os.environ["NUMBA_THREADING_LAYER"]
 
+# EFFNB_ISA=avx2 on an AVX-512 machine puts every kernel on its AVX2 path: the C++ families build for that
+# level (effnb.ext) and Numba compiles for an AVX2 CPU (8 lanes in MiniRocket), unless the user named a Numba
+# target. Like the layer above it must be set before Numba is imported; a notebook's kernel inherits it.
+NUMBA_AVX2_TARGET = {"NUMBA_CPU_NAME": "haswell",
+                     "NUMBA_CPU_FEATURES": "+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+fxsr,+lzcnt,+mmx,"
+                                           "+movbe,+popcnt,+sahf,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave,"
+                                           "-avx512f"}
+if (_os.environ.get("EFFNB_ISA", "").strip().lower() == "avx2" and "NUMBA_CPU_NAME" not in _os.environ
+        and "NUMBA_CPU_FEATURES" not in _os.environ):
+    from . import provenance as _provenance
+    if _provenance.lowered_isa() == "avx2":
+        _os.environ.update(NUMBA_AVX2_TARGET)
+        if "numba" in _sys.modules:
+            _sys.modules["numba"].core.config.reload_config()
+
 # Large torch tensors on 2 MiB pages, as numpy already puts its large arrays: streaming
 # weights from memory runs ~15% faster here (effnb.memory.huge_pages says whether it took).
 # torch reads the variable once, at its first allocation: it counts only when effnb is

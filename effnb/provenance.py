@@ -146,17 +146,33 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text).strip("-")[:32] or "cpu"
 
 
+def lowered_isa() -> str | None:
+    """The level ``$EFFNB_ISA`` asks for when it is below this CPU's (``avx2`` on an AVX-512 machine), else None:
+    such a run takes another code path on the same hardware."""
+    from . import ext
+    want = os.environ.get("EFFNB_ISA", "").strip().lower()
+    if want in ext.LEVELS and ext.LEVELS.index(want) < ext.LEVELS.index(ext.cpu_level()):
+        return want
+    return None
+
+
 def hardware_id() -> str:
     """A stable, readable machine name, e.g. ``amd-epyc-2c-avx2-24g``.
 
     Built from the CPU model, usable cores, SIMD level, memory and GPU, so two
-    runs on the same kind of machine land in the same ``book/runs/`` folder.
+    runs on the same kind of machine land in the same ``book/runs/`` folder. A
+    run on a lower ISA path (``EFFNB_ISA=avx2`` on an AVX-512 CPU) ends in
+    ``-as-avx2``: its runs, roofline and ledger rows stay apart from the CPU's own,
+    and the hardware page shows each path's results.
     """
     parts = [_slug(cpu_model()), f"{threads.available_cores()}c", isa_level(),
              f"{round(memory_bytes() / 2**30)}g"]
     g = gpu()
     if g:
         parts.append(_slug(g["name"].replace("NVIDIA", "")))
+    low = lowered_isa()
+    if low:
+        parts.append(f"as-{low}")
     return "-".join(p for p in parts if p)
 
 

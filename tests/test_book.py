@@ -73,6 +73,28 @@ def test_no_runs_still_writes_every_page(tmp_path):
     assert (b / "chapters" / "01_x.ipynb").exists(), "the toc's chapter gets a placeholder page"
 
 
+def test_hardware_page_shows_each_isa_path_s_kernel_targets(tmp_path):
+    """Per machine, the book's targets whose backend names an ISA path; a lower path's runs (EFFNB_ISA, id
+    ending in -as-avx2) are their own section, which says what it is. Papers' claims and targets without a
+    path stay on the ledger only."""
+    from pathlib import Path
+
+    def target(key, backend, verdict="reproduced"):
+        return dict(bf.claim(key, verdict), paper="effnb target", backend=backend)
+    low = bf.HERE_HW + "-as-avx2"
+    runs = [pages.Run(hw, Path(f"{hw}/{bf.STEM}__full.json"), bf.sidecar(hw, "full", claims=cl)) for hw, cl in (
+        (bf.HERE_HW, [target("w4a8_vs_peer", "cpp-avx512-vnni"), target("accuracy", "sklearn"),
+                      dict(bf.claim("paper_claim", "reproduced"), backend="cpp-avx512-vnni")]),
+        (low, [target("w4a8_vs_peer", "cpp-avx2", "not reproduced")]))]
+    text, _ = pages.hardware_page(runs)
+    here, lower = text.split(f"## `{low}`")
+    assert "Kernel targets on this machine, by ISA path</b> (1;" in here and "cpp-avx512-vnni" in here
+    assert "statement accuracy" not in here and "statement paper_claim" not in here
+    assert f"The same hardware as `{bf.HERE_HW}`, with every kernel on its avx2 path (`EFFNB_ISA=avx2`)" in lower
+    assert "cpp-avx2" in lower and 'data-verdict="not reproduced"' in lower
+    assert len(set(_ids(text, "effnb-claim"))) == 2 and all(i.startswith("hw-claim-") for i in _ids(text, "effnb-claim"))
+
+
 def test_tolerates_sparse_and_broken_sidecars(tree, capsys):
     d = tree / "book" / "runs" / "odd-box"
     d.mkdir()

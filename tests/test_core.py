@@ -201,6 +201,21 @@ def test_hardware_id_is_stable_and_readable():
     assert hid == hid.lower() and " " not in hid and f"{threads.available_cores()}c" in hid
 
 
+def test_a_lower_isa_path_is_a_machine_of_its_own(monkeypatch):
+    """EFFNB_ISA below the CPU's level names the path in the hardware id (its runs must not replace the CPU's
+    own); the CPU's own level, or a level that is not one, leaves the id alone."""
+    from effnb import ext
+    monkeypatch.delenv("EFFNB_ISA", raising=False)
+    plain = provenance.hardware_id()
+    assert "-as-" not in plain
+    for level in ext.LEVELS:
+        monkeypatch.setenv("EFFNB_ISA", level)
+        lower = ext.LEVELS.index(level) < ext.LEVELS.index(ext.cpu_level())
+        assert provenance.hardware_id() == (f"{plain}-as-{level}" if lower else plain)
+    monkeypatch.setenv("EFFNB_ISA", "sse9")
+    assert provenance.hardware_id() == plain
+
+
 def test_fingerprint_and_collect_are_json():
     rec = provenance.collect({"a": 1}, {"seed": 3})
     text = json.dumps(rec)

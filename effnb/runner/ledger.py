@@ -101,7 +101,7 @@ def heading(ch: ChapterPage) -> str:
 
 
 # --------------------------------------------------------------------------- tables
-def _claim_rows(runs) -> list[tuple]:
+def claim_rows(runs) -> list[tuple]:
     """(run, claim, row id) for every claim of ``runs``; ids are unique on the page."""
     rows, seen = [], {}
     for run in runs:
@@ -118,7 +118,7 @@ def _preset(run) -> str:
     return run.preset + (f" ({run.overrides_text})" if run.overrides else "")
 
 
-def claims_table(rows: list[tuple], targets: bool) -> str:
+def claims_table(rows: list[tuple], targets: bool, caption: str = "") -> str:
     """One chapter's papers' claims (``targets=False``) or the book's own targets, as a fitted table."""
     def col(header, cells, values=None, fold=False, cls=""):
         return Column(header, cells, [str(v) for v in (values if values is not None else cells)], fold, cls)
@@ -145,7 +145,7 @@ def claims_table(rows: list[tuple], targets: bool) -> str:
                 col("why", [esc(r) for r in reasons], reasons, fold=True, cls="effnb-text")]
     attrs = [{"class": "effnb-claim", "id": cid, "data-verdict": str(c.get("verdict", "?"))} for _, c, cid in rows]
     n = len(rows)
-    title = (f"<b>The book's own targets</b> ({n})" if targets else f"<b>The papers' claims</b> ({n})")
+    title = caption or (f"<b>The book's own targets</b> ({n})" if targets else f"<b>The papers' claims</b> ({n})")
     return table("effnb-ledger effnb-stack " + ("effnb-targets" if targets else "effnb-papers"), columns, attrs, caption=title)
 
 
@@ -181,7 +181,7 @@ def ledger_page(runs, chapters: dict[str, ChapterPage]) -> str:
            "targets**, the bars this book sets for its kernels. A verdict compares *ours* with what is "
            "*needed*; {doc}`../methodology` explains the verdicts. Each heading leads to the chapter's own "
            "claims section.", ""]
-    rows = _claim_rows(runs)
+    rows = claim_rows(runs)
     if not rows:
         out += ["No runs yet: run `make book` to measure the chapters on this machine.", ""]
         return "\n".join(out)

@@ -26,7 +26,7 @@ from .. import files
 from ..sidecar import Sidecar
 from . import tables as T
 from .landing import landing_page
-from .ledger import WIDE_PAGE, ChapterPage, chapter_page, ledger_page  # noqa: F401  (ledger_page: public)
+from .ledger import WIDE_PAGE, ChapterPage, chapter_page, claim_rows, claims_table, is_target, ledger_page  # noqa: F401
 from .runparams import with_one_parameter_table
 
 NOTE_CELL_ID = "effnb-provenance-note"
@@ -311,12 +311,32 @@ def _roofline_caption(roof: dict, hw: str) -> tuple[str, str]:
     return caption, alt
 
 
+ISA_PATHS = ("avx", "neon", "scalar", "generic")   # a backend naming one of these says which code path ran
+
+
+def _kernel_targets(hw: str, mine: list[Run]) -> list[str]:
+    """The book's targets measured on ``hw`` whose backend names an ISA path (``cpp-avx2``, ``numba-avx512vnni``):
+    what each path won and lost on this hardware. A lower path's runs (``EFFNB_ISA``) are a section of their own."""
+    rows = [(run, c, "hw-" + cid) for run, c, cid in claim_rows(mine)
+            if is_target(c) and any(p in str(c.get("backend") or "") for p in ISA_PATHS)]
+    text = []
+    if "-as-" in hw:
+        base, level = hw.rsplit("-as-", 1)
+        text += [f"The same hardware as `{base}`, with every kernel on its {level} path (`EFFNB_ISA={level}`): "
+                 "its targets below say what that path reaches here.", ""]
+    if rows:
+        text += [claims_table(rows, targets=True, caption=f"<b>Kernel targets on this machine, by ISA path</b> "
+                                                          f"({len(rows)}; the backend names the path)")]
+    return text
+
+
 def hardware_page(runs: list[Run]) -> tuple[str, dict[str, bytes]]:
     """The page text and the roofline images it links (file name -> PNG bytes)."""
     images: dict[str, bytes] = {}
     text = ["# Hardware", "",
             "One section per machine that contributed runs: its fingerprint, from the newest run's "
-            "provenance, and its measured roofline {cite}`roofline`, when a run recorded one.", ""]
+            "provenance, the book's kernel targets as its runs measured them, each naming the ISA path it ran, "
+            "and its measured roofline {cite}`roofline`, when a run recorded one.", ""]
     hardware = sorted({r.hardware_id for r in runs})
     if not hardware:
         text += ["No runs yet: run `make book` to measure the chapters on this machine.", ""]
@@ -325,7 +345,8 @@ def hardware_page(runs: list[Run]) -> tuple[str, dict[str, bytes]]:
         newest = (_latest(mine, lambda r: bool(r.provenance) and r.ok) or _latest(mine, lambda r: bool(r.provenance))
                   or mine[-1])
         text += [f"## `{hw}`", "", f"{T.count(len(mine), 'run')}; fingerprint from `{newest.name}`.", "",
-                 T.simple("effnb-fingerprint", ["property", "value"], _fingerprint_rows(newest.provenance))]
+                 T.simple("effnb-fingerprint", ["property", "value"], _fingerprint_rows(newest.provenance)),
+                 *_kernel_targets(hw, mine)]
         roof_run = _latest(mine, lambda r: r.roofline is not None)
         if roof_run is None:
             text += ["No roofline was recorded on this machine yet.", ""]
