@@ -135,17 +135,24 @@ def test_minirocket_lane_width_follows_the_cpu_numba_compiles_for():
         assert buf.shape == (n,) and buf.ctypes.data % (4 * lanes.W) == 0
 
 
-@pytest.mark.parametrize("rows", [1, 3, 8, 16])
-def test_store_transposed_writes_the_block_s_columns_as_rows(rows):
-    """MiniRocket's features leave the lanes through this W x W transpose: each of the first ``rows`` columns
-    lands on its own row of dst, at any offset, and nothing else in dst changes."""
+@pytest.fixture(scope="module")
+def store_block():
+    """lanes.store_transposed from src[3:] into row 1, column 5 of dst (compiled once for every case)."""
     from numba import njit
 
+    from effnb.timeseries import lanes
+    return njit(lambda s, d, r: lanes.store_transposed(s, 3, d, d.shape[1] + 5, d.shape[1], r))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 16])
+def test_store_transposed_writes_the_block_s_columns_as_rows(rows, store_block):
+    """MiniRocket's features leave the lanes through this W x W transpose: each of the first ``rows`` columns
+    lands on its own row of dst, at any offset, and nothing else in dst changes."""
     from effnb.timeseries import lanes
     W, rows = lanes.W, min(rows, lanes.W)
     src = np.random.default_rng(rows).normal(size=3 + W * W).astype(np.float32)
     dst = np.full((W + 2, 2 * W + 5), -7.0, dtype=np.float32)
-    njit(lambda s, d, r: lanes.store_transposed(s, 3, d, d.shape[1] + 5, d.shape[1], r))(src, dst, rows)
+    store_block(src, dst, rows)
     want = np.full_like(dst, -7.0)
     want[1:1 + rows, 5:5 + W] = src[3:].reshape(W, W).T[:rows]
     np.testing.assert_array_equal(dst, want)
